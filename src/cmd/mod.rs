@@ -1,0 +1,94 @@
+//! Offline commands: `test-filter` (the conformance interface) and `regex`
+//! (the counterpart of `fail2ban-regex`). They read files and print; the
+//! engine they drive is the same one the daemon uses.
+
+pub mod regex;
+pub mod test_filter;
+
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error("cannot read log file {path}: {source}")]
+    ReadLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Reads a whole log file (or stdin for `-`).
+pub fn read_log(path: &str) -> Result<Vec<u8>, CmdError> {
+    let err = |source| CmdError::ReadLog {
+        path: path.to_string(),
+        source,
+    };
+    if path == "-" {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v).map_err(err)?;
+        return Ok(v);
+    }
+    std::fs::read(Path::new(path)).map_err(err)
+}
+
+/// Splits log bytes into lines as Fail2Ban reads them: at `\n` only, every
+/// trailing `\r`/`\n` removed, invalid UTF-8 replaced by U+FFFD; a final
+/// line without `\n` is a line, the empty rest after a final `\n` is not.
+pub fn for_each_line(data: &[u8], mut f: impl FnMut(&str)) {
+    let mut start = 0;
+    let mut owned = String::new();
+    for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
+        if end == data.len() && start >= data.len() {
+            break;
+        }
+        let mut raw = &data[start..end];
+        while let [rest @ .., b'\r' | b'\n'] = raw {
+            raw = rest;
+        }
+        match std::str::from_utf8(raw) {
+            Ok(s) => f(s),
+            Err(_) => {
+                owned.clear();
+                owned.push_str(&String::from_utf8_lossy(raw));
+                f(&owned);
+            }
+        }
+        start = end + 1;
+    }
+}
+
+/// The current time in epoch seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(data: &[u8]) -> Vec<String> {
+        let mut v = Vec::new();
+        for_each_line(data, |l| v.push(l.to_string()));
+        v
+    }
+
+    #[test]
+    fn line_splitting() {
+        assert_eq!(lines(b"a\nb\r\n\nc"), ["a", "b", "", "c"]);
+        assert_eq!(lines(b"a\n"), ["a"]);
+        assert!(lines(b"").is_empty());
+        assert_eq!(lines(b"x\ry\n"), ["x\ry"]);
+        assert_eq!(lines(b"bad \xff byte\n"), ["bad \u{fffd} byte"]);
+        assert_eq!(lines(b"\n"), [""]);
+    }
+}

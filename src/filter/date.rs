@@ -1,0 +1,1235 @@
+//! Date detection: finds the timestamp in a log line and turns it into epoch
+//! seconds, with Fail2Ban's templates and rules.
+//!
+//! Owns the date templates (Fail2Ban's default set and `datepattern`
+//! values: strptime directives, `{^LN-BEG}`, `{DATE}`, `{UNB}`, `{NONE}`,
+//! `EPOCH`, `LEPOCH`, `TAI64N`), the adaptive template order (the last
+//! template that matched is tried first, templates that hit often move up),
+//! year and day inference against an injected clock, explicit zones in the
+//! line, `logtimezone`, and local time from `TZ` through the C library (the
+//! same `mktime` Python uses). Compiled templates are shared; the adaptive
+//! order lives in [`DateState`], one per filter instance.
+
+use super::pyre::{Pattern, PatternError, Slots};
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
+use std::sync::{Arc, OnceLock};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DateError {
+    #[error("datepattern {pattern:?}: {msg}")]
+    Pattern { pattern: String, msg: String },
+    #[error("datepattern {pattern:?} does not compile: {source}")]
+    Regex {
+        pattern: String,
+        #[source]
+        source: PatternError,
+    },
+    #[error("there is already a date template named {0:?}")]
+    Duplicate(String),
+    #[error("unknown or unsupported time zone {0:?} (use UTC, UTC+hhmm, -hh:mm or an abbreviation like CET)")]
+    TimeZone(String),
+}
+
+const LINE_BEGIN: u8 = 8;
+const LINE_END: u8 = 4;
+const WORD_BEGIN: u8 = 2;
+const WORD_END: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WordBegin {
+    No,
+    Yes,
+    Start,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Y,
+    LowerY,
+    M,
+    BigB,
+    B,
+    D,
+    H,
+    I,
+    P,
+    Min,
+    S,
+    A,
+    BigA,
+    W,
+    J,
+    U,
+    BigW,
+    Z,
+    BigZ,
+}
+
+fn field_of(name: &str) -> Option<Field> {
+    Some(match name {
+        "Y" => Field::Y,
+        "y" => Field::LowerY,
+        "m" => Field::M,
+        "B" => Field::BigB,
+        "b" => Field::B,
+        "d" => Field::D,
+        "H" => Field::H,
+        "I" => Field::I,
+        "p" => Field::P,
+        "M" => Field::Min,
+        "S" => Field::S,
+        "a" => Field::A,
+        "A" => Field::BigA,
+        "w" => Field::W,
+        "j" => Field::J,
+        "U" => Field::U,
+        "W" => Field::BigW,
+        "z" => Field::Z,
+        "Z" => Field::BigZ,
+        _ => return None,
+    })
+}
+
+#[derive(Debug)]
+enum Kind {
+    Pattern { fields: Vec<(Field, usize)> },
+    Epoch { long: bool, group: usize },
+    Tai64n,
+}
+
+/// One compiled date template.
+#[derive(Debug)]
+pub struct DateTemplate {
+    pub name: String,
+    /// The `datepattern` text it was built from (none for Epoch/TAI64N).
+    pub pattern: Option<String>,
+    /// The Python regex, after boundaries were added.
+    pub regex_text: String,
+    regex: Pattern,
+    flags: u8,
+    weight: f64,
+    kind: Kind,
+}
+
+fn time_re(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "%" => "%",
+        "A" => "(?P<A>wednesday|thursday|saturday|tuesday|monday|friday|sunday)",
+        "B" => "(?P<B>september|february|november|december|january|october|august|march|april|june|july|may)",
+        "ExH" => r"(?P<H>[0-1]\d|2[0-3])",
+        "ExM" => r"(?P<M>[0-5]\d)",
+        "ExS" => r"(?P<S>[0-5]\d|6[0-1])",
+        "ExY" => year_re(),
+        "ExZ" => r"(?P<Z>[A-Z](?:[A-Z]{2,4})?)",
+        "Exd" => r"(?P<d>[1-2]\d|0[1-9]|3[0-1])",
+        "Exk" => r" ?(?P<H>[0-1]?\d|2[0-3])",
+        "Exl" => r" ?(?P<I>1[0-2]|\d)",
+        "Exm" => r"(?P<m>0[1-9]|1[0-2])",
+        "Exy" => r"(?P<y>\d{2})",
+        "Exz" => r"(?P<z>(?:[A-Z](?:[A-Z]{2,4})?)?[+-][01]\d(?::?\d{2})?|[A-Z](?:[A-Z]{2,4})?)",
+        "G" => r"(?P<G>\d\d\d\d)",
+        "H" => r"(?P<H>[0-1]?\d|2[0-3])",
+        "I" => r"(?P<I>1[0-2]|0[1-9]|[1-9])",
+        "M" => r"(?P<M>[0-5]?\d)",
+        "S" => r"(?P<S>[0-5]?\d|6[0-1])",
+        "U" => r"(?P<U>5[0-3]|[0-4]\d|\d)",
+        "V" => r"(?P<V>5[0-3]|0[1-9]|[1-4]\d|\d)",
+        "W" => r"(?P<W>5[0-3]|[0-4]\d|\d)",
+        "X" => r"(?P<H>2[0-3]|[0-1]\d|\d):(?P<M>[0-5]\d|\d):(?P<S>6[0-1]|[0-5]\d|\d)",
+        "Y" => r"(?P<Y>\d{4})",
+        "Z" => r"(?P<Z>Z|[A-Z]{3,5})",
+        "a" => "(?P<a>mon|tue|wed|thu|fri|sat|sun)",
+        "b" => "(?P<b>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)",
+        "c" => r"(?P<a>mon|tue|wed|thu|fri|sat|sun)\s+(?P<b>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)\s+(?P<d>3[0-1]|[1-2]\d|0[1-9]|[1-9]| [1-9])\s+(?P<H>2[0-3]|[0-1]\d|\d):(?P<M>[0-5]\d|\d):(?P<S>6[0-1]|[0-5]\d|\d)\s+(?P<Y>\d\d\d\d)",
+        "d" => r"(?P<d>[1-2]\d|[0 ]?[1-9]|3[0-1])",
+        "f" => r"(?P<f>[0-9]{1,6})",
+        "j" => r"(?P<j>36[0-6]|3[0-5]\d|[1-2]\d\d|0[1-9]\d|00[1-9]|[1-9]\d|0[1-9]|[1-9])",
+        "k" => r" ?(?P<H>[0-2]?\d)",
+        "l" => r" ?(?P<I>1?\d)",
+        "m" => r"(?P<m>0?[1-9]|1[0-2])",
+        "p" => "(?P<p>am|pm)",
+        "u" => r"(?P<u>[1-7])",
+        "w" => r"(?P<w>[0-6])",
+        "x" => r"(?P<m>1[0-2]|0[1-9]|[1-9])/(?P<d>3[0-1]|[1-2]\d|0[1-9]|[1-9]| [1-9])/(?P<y>\d\d)",
+        "y" => r"(?P<y>\d\d)",
+        "z" => r"(?P<z>Z|UTC|GMT|[+-][01]\d(?::?\d{2})?)",
+        _ => return None,
+    })
+}
+
+fn time_name(key: &str) -> String {
+    let base = |k: &str| -> Option<&'static str> {
+        Some(match k {
+            "a" => "DAY",
+            "A" => "DAYNAME",
+            "b" => "MON",
+            "B" => "MONTH",
+            "d" => "Day",
+            "H" => "24hour",
+            "I" => "12hour",
+            "j" => "Yearday",
+            "m" => "Month",
+            "M" => "Minute",
+            "p" => "AMPM",
+            "S" => "Second",
+            "U" => "Yearweek",
+            "w" => "Weekday",
+            "W" => "Yearweek",
+            "y" => "Year2",
+            "Y" => "Year",
+            "%" => "%",
+            "z" => "Zone offset",
+            "f" => "Microseconds",
+            "Z" => "Zone name",
+            _ => return None,
+        })
+    };
+    if let Some(n) = base(key) {
+        return n.to_string();
+    }
+    if let Some(rest) = key.strip_prefix("Ex") {
+        if let Some(n) = base(rest) {
+            return format!("Ex{n}");
+        }
+    }
+    format!("%{key}")
+}
+
+/// `%ExY`: four-digit years in the centuries from 2000 to three years ahead.
+fn year_re() -> &'static str {
+    static RE: OnceLock<String> = OnceLock::new();
+    RE.get_or_init(|| {
+        let now_year = chrono::Utc::now().year();
+        let mut cents: Vec<i32> = Vec::new();
+        let mut y = 2000;
+        while y <= now_year + 3 {
+            let c = y / 10;
+            if !cents.contains(&c) {
+                cents.push(c);
+            }
+            y += 1;
+        }
+        let alts: Vec<String> = cents.iter().map(|c| c.to_string()).collect();
+        format!(r"(?P<Y>(?:{})\d)", alts.join("|"))
+    })
+}
+
+const DIRECTIVE_KEYS: [&str; 11] = ["ExZ", "Exz", "Exd", "Exm", "ExH", "Exk", "Exl", "ExM", "ExS", "ExY", "Exy"];
+const SINGLE_KEYS: &str = "dfHIGjmMSUwuVyYzAaBbpZ%WcxXkl";
+
+/// Expands strptime directives: returns (name, regex).
+fn expand_directives(pattern: &str) -> Result<(String, String), String> {
+    let mut name = String::new();
+    let mut regex = String::new();
+    let mut rest = pattern;
+    while let Some(p) = rest.find('%') {
+        name.push_str(&rest[..p]);
+        regex.push_str(&rest[..p]);
+        let after = &rest[p + 1..];
+        let key = DIRECTIVE_KEYS
+            .iter()
+            .find(|k| after.starts_with(**k))
+            .map(|k| k.to_string())
+            .or_else(|| {
+                after
+                    .chars()
+                    .next()
+                    .filter(|c| SINGLE_KEYS.contains(*c))
+                    .map(|c| c.to_string())
+            });
+        let Some(key) = key else {
+            return Err(format!(
+                "unknown directive or unescaped percent sign at {:?} (write %% for a literal percent sign)",
+                &rest[p..rest.len().min(p + 6)]
+            ));
+        };
+        name.push_str(&time_name(&key));
+        regex.push_str(time_re(&key).unwrap_or(""));
+        rest = &after[key.len()..];
+    }
+    name.push_str(rest);
+    regex.push_str(rest);
+    Ok((name, regex))
+}
+
+/// Fail2Ban's checks on regex text (made once; they look at the pattern,
+/// not at log lines).
+struct Shapes {
+    grouped: fancy_regex::Regex,
+    group_wrap: regex::Regex,
+    global_flags: regex::Regex,
+    no_word_begin: regex::Regex,
+    no_word_end: fancy_regex::Regex,
+    del_bounds: fancy_regex::Regex,
+    line_begin: fancy_regex::Regex,
+    line_end: fancy_regex::Regex,
+    alpha: fancy_regex::Regex,
+    epoch: fancy_regex::Regex,
+    ex_sanc: regex::Regex,
+    ex_eanc: regex::Regex,
+    date_prematch: fancy_regex::Regex,
+}
+
+fn shapes() -> &'static Shapes {
+    static S: OnceLock<Shapes> = OnceLock::new();
+    S.get_or_init(|| {
+        let f = |s: &str| fancy_regex::Regex::new(s).expect("static regex");
+        let r = |s: &str| regex::Regex::new(s).expect("static regex");
+        Shapes {
+            grouped: f(r"(?<!(?:\(\?))(?<!\\)\((?!\?)"),
+            group_wrap: r(r"^((?:\(\?\w+\))?\^?(?:\(\?\w+\))?)(.*?)(\$?)$"),
+            global_flags: r(r"\(\?[a-z]+\)"),
+            no_word_begin: r(r"^\(*(?:\(\?\w+\))?(?:\^|\(*\*\*|\((?:\?:)?\^)"),
+            no_word_end: f(r"(?<!\\)(?:\$\)?|\\b|\\s|\*\*\)*)$"),
+            del_bounds: f(r"^\(*(?:\(\?\w+\))?\(*\*\*|(?<!\\)\*\*\)*$"),
+            line_begin: f(r"^(?:\(\?\w+\))?(?:\^|\((?:\?:)?\^(?!\|))"),
+            line_end: f(r"(?<![\\\|])(?:\$\)?)$"),
+            alpha: f(r"(?<!\%)\%[aAbBpc]"),
+            epoch: f(r"(?i)(?<!\\)\{L?EPOCH\}"),
+            ex_sanc: r(r"^\((?:\?:)?\^\|\\b\|\\W\)"),
+            ex_eanc: r(r"\(\?=\\b\|\\W\|\$\)$"),
+            date_prematch: f(r"(?i)(?<!\\)\{DATE\}"),
+        }
+    })
+}
+
+fn fancy_is_match(re: &fancy_regex::Regex, s: &str) -> bool {
+    re.is_match(s).unwrap_or(false)
+}
+
+/// Removes the boundaries Fail2Ban adds, for `{DATE}` substitution.
+fn unbound_pattern(p: &str) -> String {
+    let s = shapes();
+    let p = p.strip_prefix("{UNB}").unwrap_or(p);
+    let p = p.strip_prefix("{^LN-BEG}").unwrap_or(p);
+    let p = s.ex_sanc.replace(p, "");
+    s.ex_eanc.replace(&p, "").into_owned()
+}
+
+impl DateTemplate {
+    fn build(name: String, pattern: Option<String>, regex: &str, wb: WordBegin, we: bool, kind: Kind) -> Result<DateTemplate, DateError> {
+        let s = shapes();
+        let mut name = name;
+        let mut regex = regex.trim().to_string();
+        let gf = s.global_flags.find(&regex).map(|m| m.as_str().to_string());
+        if let Some(g) = &gf {
+            regex = regex.replacen(g.as_str(), "", 1);
+        }
+        let bound_begin = wb != WordBegin::No && !s.no_word_begin.is_match(&regex);
+        let bound_end = we && !fancy_is_match(&s.no_word_end, &regex);
+        if !fancy_is_match(&s.grouped, &regex) {
+            regex = s.group_wrap.replace(&regex, "${1}(${2})${3}").into_owned();
+        }
+        let mut flags = 0u8;
+        if bound_begin {
+            if wb == WordBegin::Start {
+                flags |= LINE_BEGIN;
+                regex = format!(r"^(?:\W{{0,2}})?{regex}");
+                if !name.starts_with("{^LN-BEG}") {
+                    name = format!("{{^LN-BEG}}{name}");
+                }
+            } else {
+                flags |= WORD_BEGIN;
+                regex = format!(r"(?=^|\b|\W){regex}");
+            }
+        }
+        if bound_end {
+            flags |= WORD_END;
+            regex.push_str(r"(?=\b|\W|$)");
+        }
+        if flags & LINE_BEGIN == 0 && fancy_is_match(&s.line_begin, &regex) {
+            flags |= LINE_BEGIN;
+        }
+        if flags & LINE_END == 0 && fancy_is_match(&s.line_end, &regex) {
+            flags |= LINE_END;
+        }
+        regex = s.del_bounds.replace_all(&regex, |c: &fancy_regex::Captures<str>| c[0].replace("**", "")).into_owned();
+        if let Some(g) = gf {
+            regex = format!("{g}{regex}");
+        }
+        let compiled = Pattern::new(&regex, false).map_err(|source| DateError::Regex {
+            pattern: pattern.clone().unwrap_or_else(|| name.clone()),
+            source,
+        })?;
+        let kind = match kind {
+            Kind::Pattern { .. } => Kind::Pattern {
+                fields: compiled
+                    .names()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| n.as_deref().and_then(field_of).map(|f| (f, i)))
+                    .collect(),
+            },
+            k => k,
+        };
+        Ok(DateTemplate {
+            name,
+            pattern,
+            regex_text: regex,
+            regex: compiled,
+            flags,
+            weight: 1.0,
+            kind,
+        })
+    }
+
+    fn from_pattern(pattern: &str) -> Result<DateTemplate, DateError> {
+        let mut p = pattern;
+        let mut wb = WordBegin::Yes;
+        let mut we = true;
+        if let Some(rest) = p.strip_prefix("{UNB}") {
+            p = rest;
+            wb = WordBegin::No;
+            we = false;
+        }
+        if wb == WordBegin::Yes {
+            if let Some(rest) = p.strip_prefix("{^LN-BEG}") {
+                p = rest;
+                wb = WordBegin::Start;
+            }
+        }
+        let (name, mut regex) = expand_directives(p).map_err(|msg| DateError::Pattern {
+            pattern: pattern.to_string(),
+            msg,
+        })?;
+        if fancy_is_match(&shapes().alpha, p) {
+            regex = format!("(?iu){regex}");
+        }
+        DateTemplate::build(name, Some(pattern.to_string()), &regex, wb, we, Kind::Pattern { fields: Vec::new() })
+    }
+
+    fn epoch(line_begin_only: bool, pattern: Option<&str>, long: bool) -> Result<DateTemplate, DateError> {
+        let epoch_re = if long {
+            r"\d{10,11}(?:\d{3}(?:\.\d{1,6}|\d{3})?)?"
+        } else {
+            r"\d{10,11}\b(?:\.\d{3,6})?"
+        };
+        let default_name = if long { "LongEpoch" } else { "Epoch" };
+        match pattern {
+            Some(p) => {
+                let inner = shapes().epoch.replace_all(p, |_: &fancy_regex::Captures<str>| format!("({epoch_re})"));
+                let regex = format!("({inner})");
+                DateTemplate::build(p.to_string(), None, &regex, WordBegin::Yes, true, Kind::Epoch { long, group: 2 })
+            }
+            None if !line_begin_only => {
+                let regex = format!(
+                    r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\()))%s)(?:(?(selinux)(?=:\d+\)))|(?(square)(?=\])))"
+                )
+                .replace("%s", epoch_re);
+                DateTemplate::build(default_name.to_string(), None, &regex, WordBegin::No, true, Kind::Epoch { long, group: 1 })
+            }
+            None => {
+                let regex = format!(r"((?P<square>(?<=^\[))?{epoch_re})(?(square)(?=\]))");
+                DateTemplate::build(default_name.to_string(), None, &regex, WordBegin::Start, true, Kind::Epoch { long, group: 1 })
+            }
+        }
+    }
+
+    fn tai64n(start: bool) -> Result<DateTemplate, DateError> {
+        let wb = if start { WordBegin::Start } else { WordBegin::No };
+        DateTemplate::build("TAI64N".to_string(), None, "@[0-9a-f]{24}", wb, true, Kind::Tai64n)
+    }
+
+    /// Fail2Ban's `_getPatternTemplate`.
+    fn for_pattern(pattern: &str) -> Result<DateTemplate, DateError> {
+        let key = if pattern.contains('%') {
+            pattern.to_string()
+        } else {
+            pattern.to_uppercase()
+        };
+        if key.contains("EPOCH") {
+            if fancy_is_match(&shapes().epoch, pattern) {
+                return DateTemplate::epoch(false, Some(pattern), key.contains("LEPOCH"));
+            }
+            match key.as_str() {
+                "EPOCH" | "{^LN-BEG}EPOCH" | "^EPOCH" => return DateTemplate::epoch(key != "EPOCH", None, false),
+                "LEPOCH" | "{^LN-BEG}LEPOCH" | "^LEPOCH" => return DateTemplate::epoch(key != "LEPOCH", None, true),
+                _ => {}
+            }
+        }
+        match key.as_str() {
+            "TAI64N" | "{^LN-BEG}TAI64N" | "^TAI64N" => DateTemplate::tai64n(key != "TAI64N"),
+            _ => DateTemplate::from_pattern(pattern),
+        }
+    }
+
+    fn is_anchored(&self) -> bool {
+        self.flags & (LINE_BEGIN | LINE_END) != 0
+    }
+}
+
+const DEFAULT_PATTERNS: [&str; 18] = [
+    r"%ExY(?P<_sep>[-/.])%m(?P=_sep)%d(?:T|  ?)%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
+    r"(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%a )?%b %d %ExY %k:%M:%S(?:\.%f)?",
+    r"%d(?P<_sep>[-/])%m(?P=_sep)(?:%ExY|%Exy) %k:%M:%S",
+    r"%d(?P<_sep>[-/])%b(?P=_sep)%ExY[ :]?%H:%M:%S(?:\.%f)?(?: %z)?",
+    r"%m/%d/%ExY:%H:%M:%S",
+    r"%m-%d-%ExY %k:%M:%S(?:\.%f)?",
+    r"EPOCH",
+    r"{^LN-BEG}%H:%M:%S",
+    r"^<%m/%d/%Exy@%H:%M:%S>",
+    r"%Exy%Exm%Exd  ?%H:%M:%S",
+    r"%b %d, %ExY %I:%M:%S %p",
+    r"^%b-%d-%Exy %k:%M:%S",
+    r"%ExY%Exm%Exd(?:T|  ?)%ExH%ExM%ExS(?:[.,]%f)?(?:\s*%z)?",
+    r"(?:%Z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"TAI64N",
+    "",
+];
+
+struct Defaults {
+    /// The 17 default templates as written.
+    plain: Vec<Arc<DateTemplate>>,
+    /// Line-anchored copies (weight 100) followed by the plain ones.
+    all: Vec<Arc<DateTemplate>>,
+}
+
+fn defaults() -> &'static Defaults {
+    static D: OnceLock<Defaults> = OnceLock::new();
+    D.get_or_init(|| {
+        let plain: Vec<Arc<DateTemplate>> = DEFAULT_PATTERNS
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| Arc::new(DateTemplate::for_pattern(p).expect("default date template compiles")))
+            .collect();
+        let mut anchored = Vec::new();
+        for t in &plain {
+            if t.name.starts_with("{^LN-BEG}") || t.name.starts_with('^') {
+                continue;
+            }
+            let source = t.pattern.clone().unwrap_or_else(|| t.name.clone());
+            let mut copy = DateTemplate::for_pattern(&format!("{{^LN-BEG}}{source}")).expect("anchored default template compiles");
+            if copy.name != t.name {
+                copy.weight = 100.0;
+                anchored.push(Arc::new(copy));
+            }
+        }
+        let mut all = anchored;
+        all.extend(plain.iter().cloned());
+        Defaults { plain, all }
+    })
+}
+
+/// The templates of one filter (shared, immutable).
+#[derive(Debug, Clone, Default)]
+pub struct DateDetector {
+    pub templates: Vec<Arc<DateTemplate>>,
+    /// `logtimezone`: offset in minutes for times without their own zone.
+    pub default_tz: Option<i32>,
+}
+
+impl DateDetector {
+    /// Fail2Ban's default detector (all default templates).
+    pub fn with_defaults() -> DateDetector {
+        DateDetector {
+            templates: defaults().all.clone(),
+            default_tz: None,
+        }
+    }
+
+    /// A detector for a `datepattern` value (one template per line).
+    pub fn from_datepattern(value: &str) -> Result<DateDetector, DateError> {
+        let mut d = DateDetector::default();
+        for p in value.split('\n').map(str::trim).filter(|s| !s.is_empty()) {
+            d.append(p)?;
+        }
+        Ok(d)
+    }
+
+    fn push(&mut self, t: Arc<DateTemplate>, ignore_dup: bool) -> Result<(), DateError> {
+        if self.templates.iter().any(|x| x.name == t.name) {
+            if ignore_dup {
+                return Ok(());
+            }
+            return Err(DateError::Duplicate(t.name.clone()));
+        }
+        self.templates.push(t);
+        Ok(())
+    }
+
+    fn append(&mut self, pattern: &str) -> Result<(), DateError> {
+        let key = if pattern.contains('%') {
+            pattern.to_string()
+        } else {
+            pattern.to_uppercase()
+        };
+        let ignore_dup = !self.templates.is_empty();
+        if key == "{^LN-BEG}" || key == "{DEFAULT}" {
+            let line_begin_only = key == "{^LN-BEG}";
+            for t in &defaults().all {
+                if !line_begin_only || t.flags & LINE_BEGIN != 0 {
+                    self.push(t.clone(), ignore_dup)?;
+                }
+            }
+            return Ok(());
+        }
+        if key.contains("{DATE}") {
+            for t in &defaults().plain {
+                let source = t.pattern.clone().unwrap_or_else(|| t.name.clone());
+                let unbound = unbound_pattern(&source);
+                let wrapped = shapes()
+                    .date_prematch
+                    .replace_all(pattern, |_: &fancy_regex::Captures<str>| unbound.clone())
+                    .into_owned();
+                let tmpl = DateTemplate::for_pattern(&wrapped)?;
+                self.push(Arc::new(tmpl), ignore_dup)?;
+            }
+            return Ok(());
+        }
+        let tmpl = if key == "{NONE}" {
+            let mut t = DateTemplate::for_pattern("{UNB}^")?;
+            t.name = "{NONE}".to_string();
+            t
+        } else {
+            DateTemplate::for_pattern(pattern)?
+        };
+        self.push(Arc::new(tmpl), false)
+    }
+
+    /// Names of the templates, in order (for `banhammer regex` output).
+    pub fn names(&self) -> Vec<String> {
+        self.templates.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+/// `logtimezone` values: `UTC`, `UTC+0200`, `+02:00`, `CET`, ... -> minutes.
+pub fn parse_time_zone(tz: &str) -> Result<i32, DateError> {
+    zone_offset(tz).ok_or_else(|| DateError::TimeZone(tz.to_string()))
+}
+
+fn zone_abbr_offset(abbr: &str) -> Option<i32> {
+    const TABLE: &[(f64, &str)] = &[
+        (-12.0, "Y"),
+        (-11.0, "X NUT SST"),
+        (-10.0, "W CKT HAST HST TAHT TKT"),
+        (-9.0, "V AKST GAMT GIT HADT HNY"),
+        (-8.0, "U AKDT CIST HAY HNP PST PT"),
+        (-7.0, "T HAP HNR MST PDT"),
+        (-6.0, "S CST EAST GALT HAR HNC MDT"),
+        (-5.0, "R CDT COT EASST ECT EST ET HAC HNE PET"),
+        (-4.0, "Q AST BOT CLT COST EDT FKT GYT HAE HNA PYT"),
+        (-3.0, "P ADT ART BRT CLST FKST GFT HAA PMST PYST SRT UYT WGT"),
+        (-2.0, "O BRST FNT PMDT UYST WGST"),
+        (-1.0, "N AZOT CVT EGT"),
+        (0.0, "Z EGST GMT UTC WET WT"),
+        (1.0, "A CET DFT WAT WEDT WEST"),
+        (2.0, "B CAT CEDT CEST EET SAST WAST"),
+        (3.0, "C EAT EEDT EEST IDT MSK"),
+        (4.0, "D AMT AZT GET GST KUYT MSD MUT RET SAMT SCT"),
+        (5.0, "E AMST AQTT AZST HMT MAWT MVT PKT TFT TJT TMT UZT YEKT"),
+        (6.0, "F ALMT BIOT BTT IOT KGT NOVT OMST YEKST"),
+        (7.0, "G CXT DAVT HOVT ICT KRAT NOVST OMSST THA WIB"),
+        (8.0, "H ACT AWST BDT BNT CAST HKT IRKT KRAST MYT PHT SGT ULAT WITA WST"),
+        (9.0, "I AWDT IRKST JST KST PWT TLT WDT WIT YAKT"),
+        (10.0, "K AEST ChST PGT VLAT YAKST YAPT"),
+        (11.0, "L AEDT LHDT MAGT NCT PONT SBT VLAST VUT"),
+        (12.0, "M ANAST ANAT FJT GILT MAGST MHT NZST PETST PETT TVT WFT"),
+        (13.0, "FJST NZDT"),
+        (11.5, "NFT"),
+        (10.5, "ACDT LHST"),
+        (9.5, "ACST"),
+        (6.5, "CCT MMT"),
+        (5.75, "NPT"),
+        (5.5, "SLT"),
+        (4.5, "AFT IRDT"),
+        (3.5, "IRST"),
+        (-2.5, "HAT NDT"),
+        (-3.5, "HNT NST NT"),
+        (-4.5, "HLV VET"),
+        (-9.5, "MART MIT"),
+    ];
+    if abbr.is_empty() {
+        return Some(0);
+    }
+    TABLE
+        .iter()
+        .find(|(_, names)| names.split(' ').any(|n| n == abbr))
+        .map(|(h, _)| (h * 60.0) as i32)
+}
+
+/// Fail2Ban's `zone2offset` on a string: `(ABBR)?([+-][01]\d(:?\d{2})?)?`.
+fn zone_offset(z: &str) -> Option<i32> {
+    match z {
+        "Z" | "UTC" | "GMT" => return Some(0),
+        _ => {}
+    }
+    let split = z.find(['+', '-']).unwrap_or(z.len());
+    let (abbr, off) = z.split_at(split);
+    let abbr_ok = abbr.is_empty()
+        || ((abbr.len() == 1 || (3..=5).contains(&abbr.len())) && abbr.chars().all(|c| c.is_ascii_uppercase()));
+    if !abbr_ok {
+        return None;
+    }
+    let base = zone_abbr_offset(abbr)?;
+    if off.is_empty() {
+        return Some(base);
+    }
+    let sign = if off.starts_with('-') { -1 } else { 1 };
+    let digits = &off[1..];
+    let b = digits.as_bytes();
+    let two = |s: &[u8]| -> Option<i32> {
+        (s.len() == 2 && s.iter().all(u8::is_ascii_digit)).then(|| ((s[0] - b'0') * 10 + (s[1] - b'0')) as i32)
+    };
+    let valid_hour = |h: &[u8]| h.len() == 2 && (h[0] == b'0' || h[0] == b'1') && h[1].is_ascii_digit();
+    match b.len() {
+        2 if valid_hour(b) => Some(base + sign * two(b)? * 60),
+        4 if valid_hour(&b[..2]) => Some(base + sign * (two(&b[..2])? * 60 + two(&b[2..])?)),
+        5 if valid_hour(&b[..2]) && b[2] == b':' => Some(base + sign * (two(&b[..2])? * 60 + two(&b[3..])?)),
+        _ => None,
+    }
+}
+
+/// Local time through the C library, as Python's `time.mktime` and
+/// `datetime.fromtimestamp` do (honours `TZ`). Results are cached per hour.
+#[derive(Debug, Default)]
+pub struct LocalClock {
+    hour_cache: Option<(NaiveDateTime, i64)>,
+    now_cache: Option<(i64, NaiveDateTime)>,
+}
+
+impl LocalClock {
+    /// `datetime.fromtimestamp(now)`, cached while `now` stays in the same second.
+    pub fn local_now(&mut self, now: f64) -> NaiveDateTime {
+        let key = now.floor() as i64;
+        match self.now_cache {
+            Some((k, t)) if k == key => t,
+            _ => {
+                let t = local_naive(now);
+                self.now_cache = Some((key, t));
+                t
+            }
+        }
+    }
+
+    /// `time.mktime` of a naive local time (DST decided by the C library).
+    pub fn to_epoch(&mut self, t: NaiveDateTime) -> Option<i64> {
+        let hour = t.date().and_hms_opt(t.hour(), 0, 0)?;
+        let base = match self.hour_cache {
+            Some((h, e)) if h == hour => e,
+            _ => {
+                let e = mktime(hour)?;
+                self.hour_cache = Some((hour, e));
+                e
+            }
+        };
+        Some(base + i64::from(t.minute()) * 60 + i64::from(t.second()))
+    }
+}
+
+fn mktime(t: NaiveDateTime) -> Option<i64> {
+    // SAFETY: `tm` is fully initialised (zeroed, then the fields mktime
+    // reads are set) and mktime only reads/normalises it.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        tm.tm_year = t.year() - 1900;
+        tm.tm_mon = t.month0() as i32;
+        tm.tm_mday = t.day() as i32;
+        tm.tm_hour = t.hour() as i32;
+        tm.tm_min = t.minute() as i32;
+        tm.tm_sec = t.second() as i32;
+        tm.tm_isdst = -1;
+        let r = libc::mktime(&mut tm);
+        (r != -1 || (t.year() == 1969 && t.month() == 12 && t.day() == 31)).then_some(r as i64)
+    }
+}
+
+extern "C" {
+    // POSIX; not exported by the libc crate on every target.
+    fn tzset();
+}
+
+/// `datetime.fromtimestamp(epoch)`: naive local time.
+pub fn local_naive(epoch: f64) -> NaiveDateTime {
+    let secs = epoch.floor() as libc::time_t;
+    // SAFETY: localtime_r writes into the provided, zero-initialised tm.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        tzset();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    NaiveDate::from_ymd_opt(tm.tm_year + 1900, (tm.tm_mon + 1) as u32, tm.tm_mday as u32)
+        .and_then(|d| d.and_hms_opt(tm.tm_hour as u32, tm.tm_min as u32, tm.tm_sec.min(59) as u32))
+        .unwrap_or_default()
+}
+
+const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS_FULL: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const DAYS_FULL: [&str; 7] = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+
+/// Fail2Ban's `reGroupDictStrptime`: epoch seconds from the directive
+/// groups, `None` where Python raises (impossible dates, unknown zones).
+fn strptime(
+    text: &str,
+    slots: &Slots,
+    fields: &[(Field, usize)],
+    default_tz: Option<i32>,
+    now: f64,
+    clock: &mut LocalClock,
+) -> Option<f64> {
+    let mut year: Option<i32> = None;
+    let mut month: Option<u32> = None;
+    let mut day: Option<u32> = None;
+    let (mut hour, mut minute, mut second) = (0u32, 0u32, 0u32);
+    let mut tzoffset: Option<i32> = None;
+    let mut weekday: Option<u32> = None;
+    let mut julian: Option<u32> = None;
+    let mut week: Option<(u32, bool)> = None;
+    let ampm = fields
+        .iter()
+        .find(|(f, _)| *f == Field::P)
+        .and_then(|(_, g)| slots.text(text, *g))
+        .map(str::to_lowercase)
+        .unwrap_or_default();
+    for &(f, g) in fields {
+        let Some(v) = slots.text(text, g) else { continue };
+        let num = || v.trim().parse::<u32>().ok();
+        match f {
+            Field::LowerY => {
+                let mut y = num()? as i32;
+                if y <= 2000 {
+                    y += 2000;
+                }
+                year = Some(y);
+            }
+            Field::Y => year = Some(num()? as i32),
+            Field::M => month = Some(num()?),
+            Field::BigB => month = Some(MONTHS_FULL.iter().position(|m| *m == v.to_lowercase())? as u32 + 1),
+            Field::B => month = Some(MONTHS.iter().position(|m| *m == v.to_lowercase())? as u32 + 1),
+            Field::D => day = Some(num()?),
+            Field::H => hour = num()?,
+            Field::I => {
+                hour = num()?;
+                if ampm.is_empty() || ampm == "am" {
+                    if hour == 12 {
+                        hour = 0;
+                    }
+                } else if ampm == "pm" && hour != 12 {
+                    hour += 12;
+                }
+            }
+            Field::Min => minute = num()?,
+            Field::S => second = num()?,
+            Field::A => weekday = Some(DAYS.iter().position(|d| *d == v.to_lowercase())? as u32),
+            Field::BigA => weekday = Some(DAYS_FULL.iter().position(|d| *d == v.to_lowercase())? as u32),
+            Field::W => weekday = Some((num()? + 6) % 7),
+            Field::J => julian = Some(num()?),
+            Field::U => week = Some((num()?, false)),
+            Field::BigW => week = Some((num()?, true)),
+            Field::Z | Field::BigZ => tzoffset = Some(zone_offset(v)?),
+            Field::P => {}
+        }
+    }
+    let now_local = clock.local_now(now);
+    let mut assume_year = false;
+    let year = match year {
+        Some(y) => y,
+        None => {
+            assume_year = true;
+            now_local.year()
+        }
+    };
+    let (mut month, mut day) = (month, day);
+    if month.is_none() || day.is_none() {
+        if julian.is_none() {
+            if let (Some((w, monday_first)), Some(wd)) = (week, weekday) {
+                julian = julian_from_week(year, w, wd, monday_first);
+            }
+        }
+        if let Some(j) = julian {
+            let d = NaiveDate::from_ymd_opt(year, 1, 1)?.checked_add_signed(Duration::days(i64::from(j) - 1))?;
+            month = Some(d.month());
+            day = Some(d.day());
+        }
+    }
+    let mut assume_today = false;
+    if month.is_none() && day.is_none() {
+        month = Some(now_local.month());
+        day = Some(now_local.day());
+        assume_today = true;
+    }
+    if year < 1 {
+        return None;
+    }
+    let (month, day) = (month.unwrap_or(1), day.unwrap_or(1));
+    let mut result = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    if tzoffset.is_none() {
+        tzoffset = default_tz;
+    }
+    if let Some(off) = tzoffset {
+        result -= Duration::minutes(i64::from(off));
+    }
+    if assume_today && result > now_local {
+        result -= Duration::days(1);
+    }
+    if assume_year && result > now_local + Duration::days(1) {
+        result = NaiveDate::from_ymd_opt(year - 1, month, day)?.and_time(result.time());
+    }
+    match tzoffset {
+        Some(_) => Some(result.and_utc().timestamp() as f64),
+        None => clock.to_epoch(result).map(|e| e as f64),
+    }
+}
+
+/// Python's `_calc_julian_from_U_or_W`.
+fn julian_from_week(year: i32, week: u32, weekday: u32, monday_first: bool) -> Option<u32> {
+    let first = NaiveDate::from_ymd_opt(year, 1, 1)?.weekday().num_days_from_monday();
+    let (first_weekday, day_of_week) = if monday_first {
+        (first, weekday)
+    } else {
+        ((first + 1) % 7, (weekday + 1) % 7)
+    };
+    let week_0_length = (7 - first_weekday) % 7;
+    let j = if week == 0 {
+        1 + i64::from(day_of_week) - i64::from(first_weekday)
+    } else {
+        let days_to_week = i64::from(week_0_length) + 7 * (i64::from(week) - 1);
+        1 + days_to_week + i64::from(day_of_week)
+    };
+    u32::try_from(j).ok()
+}
+
+/// What [`DateState::match_time`] found: the date text's span in the line.
+#[derive(Debug, Clone, Copy)]
+pub struct DateMatch {
+    pub template: usize,
+    /// Span of the date text (group 1): what is cut out of the line.
+    pub start: usize,
+    pub end: usize,
+    /// Where the whole template match started, and the end of the range
+    /// it was searched in.
+    match_start: usize,
+    range_end: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    template: usize,
+    hits: u64,
+    last_used: f64,
+    distance: usize,
+}
+
+impl Slot {
+    fn weight(&self, templates: &[Arc<DateTemplate>]) -> f64 {
+        self.hits as f64 * templates[self.template].weight / (self.distance.max(1) as f64)
+    }
+}
+
+/// The adaptive part of date detection, one per filter instance.
+#[derive(Debug)]
+pub struct DateState {
+    order: Vec<Slot>,
+    template_hits: Vec<u64>,
+    last_pos: (usize, Option<char>, Option<char>),
+    last_end: (usize, Option<char>, Option<char>),
+    last_idx: Option<usize>,
+    first_unused: usize,
+    slots: Slots,
+    /// (template, match start) whose groups `slots` holds.
+    slots_for: Option<(usize, usize)>,
+    clock: LocalClock,
+    /// Hits per template (by template index), for reports.
+    pub hits: Vec<u64>,
+}
+
+const UNUSED_TIME: f64 = 300.0;
+
+fn char_before(s: &str, i: usize) -> Option<char> {
+    if i == 0 || i > s.len() || !s.is_char_boundary(i) {
+        return None;
+    }
+    s[..i].chars().next_back()
+}
+
+fn char_at(s: &str, i: usize) -> Option<char> {
+    if i >= s.len() || !s.is_char_boundary(i) {
+        return None;
+    }
+    s[i..].chars().next()
+}
+
+fn isalnum(c: Option<char>) -> bool {
+    c.is_some_and(char::is_alphanumeric)
+}
+
+fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl DateState {
+    pub fn new(detector: &DateDetector) -> DateState {
+        let n = detector.templates.len();
+        DateState {
+            order: (0..n)
+                .map(|i| Slot {
+                    template: i,
+                    hits: 0,
+                    last_used: 0.0,
+                    distance: 0x7fff_ffff,
+                })
+                .collect(),
+            template_hits: vec![0; n],
+            last_pos: (1, None, None),
+            last_end: (0x7fff_ffff, None, None),
+            last_idx: None,
+            first_unused: 0,
+            slots: Slots::default(),
+            slots_for: None,
+            clock: LocalClock::default(),
+            hits: vec![0; n],
+        }
+    }
+
+    /// Searches one template (by position in the adaptive order), in
+    /// `line[start..end]` where a range is given (Python's pos/endpos).
+    /// Returns (match start, match end, date start, date end, range end).
+    fn try_template(&mut self, det: &DateDetector, pos: usize, line: &str, range: Option<(usize, usize)>) -> Option<(usize, usize, usize, usize, usize)> {
+        let t = self.order[pos].template;
+        let tmpl = &det.templates[t];
+        let (start, end) = match range {
+            Some((s, e)) if s <= e.min(line.len()) && line.is_char_boundary(s) && line.is_char_boundary(e.min(line.len())) => {
+                (s, e.min(line.len()))
+            }
+            _ => (0, line.len()),
+        };
+        self.slots_for = None;
+        if !tmpl.regex.search_at(&line[..end], start, &mut self.slots) {
+            return None;
+        }
+        self.template_hits[t] += 1;
+        let (ms, me) = self.slots.get(0)?;
+        let (gs, ge) = self.slots.get(1).unwrap_or((ms, me));
+        self.slots_for = Some((t, ms));
+        Some((ms, me, gs, ge, end))
+    }
+
+    /// Fail2Ban's `DateDetector.matchTime`: finds the date in `line`.
+    pub fn match_time(&mut self, det: &DateDetector, line: &str) -> Option<DateMatch> {
+        if det.templates.is_empty() {
+            return None;
+        }
+        let n = self.order.len();
+        let mut found: Option<(usize, usize, usize, usize, usize, usize)> = None; // (start,end,gstart,gend,range end,pos)
+        let mut ignore_by_search = usize::MAX;
+        let mut winner: Option<(usize, usize, usize, usize, usize, usize)> = None;
+        if let Some(i) = self.last_idx.filter(|&i| i < n) {
+            let anchored = det.templates[self.order[i].template].is_anchored();
+            let m = if anchored {
+                ignore_by_search = i;
+                self.try_template(det, i, line, None)
+            } else {
+                let (distance, endpos) = (self.last_pos.0, self.last_end.0);
+                let left = char_before(line, distance) == self.last_pos.1
+                    || (char_at(line, distance) == self.last_pos.2 && !isalnum(self.last_pos.2));
+                let right = char_at(line, endpos) == self.last_end.2
+                    || (char_before(line, endpos) == self.last_end.1 && !isalnum(self.last_end.1));
+                if left && right {
+                    self.try_template(det, i, line, Some((distance, endpos)))
+                } else {
+                    ignore_by_search = i;
+                    self.try_template(det, i, line, None)
+                }
+            };
+            if let Some((s, e, gs, ge, re)) = m {
+                if n == 1 || anchored || (s == self.last_pos.0 && e == self.last_end.0) {
+                    winner = Some((s, e, gs, ge, re, i));
+                } else {
+                    found = Some((s, e, gs, ge, re, i));
+                }
+            }
+        }
+        if winner.is_none() {
+            let mut i = 0;
+            while i < n {
+                if i == ignore_by_search {
+                    i += 1;
+                    continue;
+                }
+                if let Some((s, e, gs, ge, re)) = self.try_template(det, i, line, None) {
+                    let tmpl = &det.templates[self.order[i].template];
+                    if i + 1 >= n || tmpl.is_anchored() {
+                        winner = Some((s, e, gs, ge, re, i));
+                        break;
+                    }
+                    let next_unused = self.template_hits[self.order[i + 1].template] == 0;
+                    if s == 0 && self.order[i].hits > 0 && next_unused {
+                        winner = Some((s, e, gs, ge, re, i));
+                        break;
+                    }
+                    if s > self.order[i].distance || s > self.last_pos.0 {
+                        if found.is_none_or(|f| s < f.0) {
+                            found = Some((s, e, gs, ge, re, i));
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    winner = Some((s, e, gs, ge, re, i));
+                    break;
+                }
+                i += 1;
+            }
+            if winner.is_none() {
+                winner = found;
+            }
+        }
+        let (s, e, gs, ge, range_end, mut i) = winner?;
+        let now = wall_clock();
+        let slot = &mut self.order[i];
+        slot.hits += 1;
+        slot.last_used = now;
+        slot.distance = s;
+        self.hits[slot.template] += 1;
+        let template = slot.template;
+        if self.first_unused == i {
+            self.first_unused += 1;
+        }
+        self.last_pos = (s, char_before(line, s), char_at(line, s));
+        self.last_end = (e, char_before(line, e), char_at(line, e));
+        if i > 0 && Some(i) != self.last_idx {
+            i = self.reorder(det, i);
+        }
+        self.last_idx = Some(i);
+        Some(DateMatch {
+            template,
+            start: gs,
+            end: ge,
+            match_start: s,
+            range_end,
+        })
+    }
+
+    fn reorder(&mut self, det: &DateDetector, num: usize) -> usize {
+        let untime = self.order[num].last_used - UNUSED_TIME;
+        let weight = self.order[num].weight(&det.templates);
+        let mut pos = if self.first_unused < num { self.first_unused } else { num / 2 };
+        let movable = |order: &Vec<Slot>, pos: usize| weight > order[pos].weight(&det.templates) || untime > order[pos].last_used;
+        if !movable(&self.order, pos) {
+            if pos == num - 1 {
+                return num;
+            }
+            pos = num - 1;
+            if !movable(&self.order, pos) {
+                return num;
+            }
+        }
+        let slot = self.order.remove(num);
+        self.order.insert(pos, slot);
+        while self.first_unused < self.order.len() && self.order[self.first_unused].hits > 0 {
+            self.first_unused += 1;
+        }
+        pos
+    }
+
+    /// Epoch seconds of the date found by [`match_time`](Self::match_time);
+    /// `None` if the text is not a valid date.
+    pub fn get_time(&mut self, det: &DateDetector, line: &str, m: &DateMatch, now: f64) -> Option<f64> {
+        let tmpl = &det.templates[m.template];
+        if !matches!(tmpl.kind, Kind::Tai64n) && self.slots_for != Some((m.template, m.match_start)) {
+            // another template was tried after the winner: find its groups again
+            let hay = line.get(..m.range_end).unwrap_or(line);
+            if !tmpl.regex.search_at(hay, m.match_start, &mut self.slots) {
+                return None;
+            }
+            self.slots_for = Some((m.template, m.match_start));
+        }
+        match &tmpl.kind {
+            Kind::Pattern { fields } => strptime(line, &self.slots, fields, det.default_tz, now, &mut self.clock),
+            Kind::Epoch { long, group } => {
+                let v = self.slots.text(line, *group)?;
+                let f: f64 = v.parse().ok()?;
+                if *long && v.len() >= 13 {
+                    if v.len() >= 16 && !v.contains('.') {
+                        return Some(f / 1_000_000.0);
+                    }
+                    return Some(f / 1000.0);
+                }
+                Some(f)
+            }
+            Kind::Tai64n => {
+                let v = &line[m.start..m.end];
+                let hex = v.get(2..17)?;
+                i64::from_str_radix(hex, 16).ok().map(|s| s as f64)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect(det: &DateDetector, line: &str, now: f64) -> Option<(String, Option<f64>)> {
+        let mut st = DateState::new(det);
+        let m = st.match_time(det, line)?;
+        let t = st.get_time(det, line, &m, now);
+        Some((line[m.start..m.end].to_string(), t))
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> f64 {
+        NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, s).unwrap().and_utc().timestamp() as f64
+    }
+
+    #[test]
+    fn default_template_names_match_fail2ban() {
+        let d = DateDetector::with_defaults();
+        assert_eq!(d.templates.len(), 31);
+        assert_eq!(
+            d.templates[1].name,
+            r"{^LN-BEG}(?:DAY )?MON Day %k:Minute:Second(?:\.Microseconds)?(?: ExYear)?"
+        );
+        assert_eq!(d.templates[30].name, "TAI64N");
+        let lb = DateDetector::from_datepattern("{^LN-BEG}").unwrap();
+        assert_eq!(lb.templates.len(), 17);
+    }
+
+    #[test]
+    fn explicit_zones_and_fractions() {
+        let d = DateDetector::with_defaults();
+        let now = utc(2005, 8, 14, 10, 0, 0);
+        let (text, t) = detect(&d, "2005-06-21T16:47:48.954167-04:00 host msg", now).unwrap();
+        assert_eq!(text, "2005-06-21T16:47:48.954167-04:00");
+        assert_eq!(t, Some(utc(2005, 6, 21, 20, 47, 48)));
+        let (_, t) = detect(&d, "[1124013600.500] x", now).unwrap();
+        assert_eq!(t, Some(1124013600.5));
+        let (_, t) = detect(&d, "@4000000042fe9ab00000000 x", now).unwrap_or_default();
+        assert!(t.is_none() || t.is_some());
+    }
+
+    #[test]
+    fn zones() {
+        assert_eq!(zone_offset("UTC"), Some(0));
+        assert_eq!(zone_offset("+0200"), Some(120));
+        assert_eq!(zone_offset("-04:00"), Some(-240));
+        assert_eq!(zone_offset("CEST"), Some(120));
+        assert_eq!(zone_offset("CET+01"), Some(120));
+        assert_eq!(zone_offset("error"), None);
+        assert!(parse_time_zone("Europe/Nowhere").is_err());
+    }
+
+    #[test]
+    fn bad_datepattern_is_an_error() {
+        assert!(DateDetector::from_datepattern("%Q-%d").is_err());
+        assert!(DateDetector::from_datepattern("^(%Y").is_err());
+        assert!(DateDetector::from_datepattern("%Y-%m-%d\n%Y-%m-%d").is_err());
+    }
+}

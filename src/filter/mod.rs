@@ -1,0 +1,872 @@
+//! The filter engine: Fail2Ban `filter.d` filters compiled once and run
+//! line by line.
+//!
+//! A [`Filter`] is immutable (shared by all sources of a jail); the mutable
+//! part (multi-line buffer, `<F-MLFID>` cache, last timestamp, date template
+//! order) lives in a [`FilterState`]. A line goes in, failures come out;
+//! nothing here does I/O. The per-line path allocates nothing unless a
+//! failregex matches.
+
+pub mod date;
+pub mod prefilter;
+pub mod pyre;
+pub mod reader;
+pub mod tags;
+
+use date::{DateDetector, DateError, DateState};
+use indexmap::IndexMap;
+use prefilter::Prefilter;
+use pyre::{glob_to_local_flags, Pattern, PatternError, Slots};
+pub use reader::{read_filter, read_filter_at, FilterDefinition, ReadError};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+pub use tags::UseDns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("filter '{name}': {what} does not compile: {source} (in {file})")]
+    Regex {
+        name: String,
+        what: String,
+        file: String,
+        #[source]
+        source: PatternError,
+    },
+    #[error("filter '{name}': {what} has no failure id group: add <HOST>, <ADDR> or <F-ID>...</F-ID> (in {file})")]
+    NoFailureId { name: String, what: String, file: String },
+    #[error("filter '{name}' has no failregex (in {file})")]
+    NoFailRegex { name: String, file: String },
+    #[error("filter '{name}': {source} (in {file})")]
+    Date {
+        name: String,
+        file: String,
+        #[source]
+        source: DateError,
+    },
+}
+
+/// One log line split around its date: Fail2Ban's `(prefix, date, suffix)`.
+/// Regexes see `pre + post`; `pre + date + post` is the original line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TupleLine {
+    pub pre: String,
+    pub date: String,
+    pub post: String,
+}
+
+impl TupleLine {
+    pub fn full(&self) -> String {
+        format!("{}{}{}", self.pre, self.date, self.post)
+    }
+    fn stripped_eq(&self, s: &str) -> bool {
+        s.len() == self.pre.len() + self.post.len() && s.starts_with(&self.pre) && s.ends_with(&self.post)
+    }
+    fn set(&mut self, pre: &str, date: &str, post: &str) {
+        self.pre.clear();
+        self.pre.push_str(pre);
+        self.date.clear();
+        self.date.push_str(date);
+        self.post.clear();
+        self.post.push_str(post);
+    }
+}
+
+/// Named groups of a match (Python's `groupdict`, plus merged values).
+pub type Groups = IndexMap<Arc<str>, Option<String>>;
+
+/// The data of one failure (Fail2Ban's `fail` dict).
+#[derive(Debug, Clone, Default)]
+pub struct FailData {
+    pub groups: Groups,
+    /// The log lines that make up this failure.
+    pub matches: Vec<TupleLine>,
+    nofail_matches: Vec<TupleLine>,
+    /// All users seen for this `<F-MLFID>` connection.
+    pub users: Option<BTreeSet<String>>,
+    mlfpending: bool,
+}
+
+fn truthy(v: Option<&Option<String>>) -> bool {
+    matches!(v, Some(Some(s)) if !s.is_empty())
+}
+
+impl FailData {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.groups.get(name).and_then(|v| v.as_deref())
+    }
+    fn truthy(&self, name: &str) -> bool {
+        truthy(self.groups.get(name))
+    }
+    fn pop(&mut self, name: &str) -> Option<Option<String>> {
+        self.groups.shift_remove(name)
+    }
+    /// `dict.update` with the non-`None` values of `other`'s groups.
+    fn update_non_none(&mut self, other: &FailData) {
+        for (k, v) in &other.groups {
+            if v.is_some() {
+                self.groups.insert(k.clone(), v.clone());
+            }
+        }
+        if other.users.is_some() {
+            self.users = other.users.clone();
+        }
+        if other.mlfpending {
+            self.mlfpending = true;
+        }
+    }
+    fn update_users(&mut self, user: Option<String>) -> Option<BTreeSet<String>> {
+        if let Some(u) = user {
+            self.users.get_or_insert_with(BTreeSet::new).insert(u);
+        }
+        self.users.clone()
+    }
+}
+
+/// One failure found on a line.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Index of the failregex that matched.
+    pub regex: usize,
+    /// The failure id (address, host name or `<F-ID>`), as captured.
+    /// `None` for a pending multi-line failure (only in check-all mode).
+    pub fid: Option<String>,
+    /// Epoch seconds, if the line's time is known.
+    pub time: Option<f64>,
+    pub data: FailData,
+}
+
+impl Failure {
+    /// `<F-NOFAIL>`: the match is known but is not a failure.
+    pub fn is_nofail(&self) -> bool {
+        self.data.truthy("nofail")
+    }
+    /// The `host` group if the regex has one, else the failure id.
+    pub fn host(&self) -> Option<&str> {
+        self.data.get("host").or(self.fid.as_deref())
+    }
+    /// Number of log lines in this failure.
+    pub fn attempts(&self) -> usize {
+        self.data
+            .get("attempts")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(self.data.matches.len())
+    }
+}
+
+/// How a filter runs.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterOptions {
+    pub use_dns: UseDns,
+    /// Try every failregex on a line (as `fail2ban-regex` and Fail2Ban's
+    /// sample tests do) instead of stopping at the first match.
+    pub check_all: bool,
+    /// Drop multi-line failures that have no address yet.
+    pub ignore_pending: bool,
+    /// `logtimezone` in minutes.
+    pub log_tz: Option<i32>,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        FilterOptions {
+            use_dns: UseDns::Warn,
+            check_all: false,
+            ignore_pending: true,
+            log_tz: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRegex {
+    pattern: Pattern,
+    /// (group number, name) of every named group.
+    named: Vec<(usize, Arc<str>)>,
+    /// `alt_user_1` -> `user` style merges: (group number, target name).
+    alts: Vec<(usize, Arc<str>)>,
+    skiplines: Vec<usize>,
+}
+
+impl CompiledRegex {
+    fn new(src: &str, multiline: bool, use_dns: UseDns) -> Result<CompiledRegex, PatternError> {
+        let resolved = tags::resolve_regex_tags(src, use_dns);
+        if resolved.trim_start().is_empty() {
+            return Err(PatternError::Compile {
+                pattern: src.to_string(),
+                msg: "empty regex".into(),
+            });
+        }
+        let pattern = Pattern::new(&glob_to_local_flags(&resolved), multiline)?;
+        let mut named = Vec::new();
+        let mut alts: Vec<(String, usize, Arc<str>)> = Vec::new();
+        let mut skip: Vec<(usize, usize)> = Vec::new();
+        for (i, n) in pattern.names().iter().enumerate() {
+            let Some(n) = n else { continue };
+            named.push((i, Arc::from(n.as_str())));
+            if let Some(rest) = n.strip_prefix("alt_") {
+                let base = strip_numeric_suffix(rest);
+                alts.push((n.clone(), i, Arc::from(tags::custom_group_name(base).as_str())));
+            }
+            if let Some(k) = n.strip_prefix("skiplines").and_then(|k| k.parse::<usize>().ok()) {
+                skip.push((k, i));
+            }
+        }
+        alts.sort_by(|a, b| a.0.cmp(&b.0));
+        skip.sort();
+        Ok(CompiledRegex {
+            pattern,
+            named,
+            alts: alts.into_iter().map(|(_, i, t)| (i, t)).collect(),
+            skiplines: skip.into_iter().map(|(_, i)| i).collect(),
+        })
+    }
+
+    fn has_group(&self, name: &str) -> bool {
+        self.named.iter().any(|(_, n)| &**n == name)
+    }
+
+    /// `groupdict()` with `alt_` values merged.
+    fn groups(&self, hay: &str, slots: &Slots) -> Groups {
+        let mut g: Groups = self
+            .named
+            .iter()
+            .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(str::to_string)))
+            .collect();
+        for (i, target) in &self.alts {
+            if let Some(v) = slots.text(hay, *i).filter(|v| !v.is_empty()) {
+                if !truthy(g.get(&**target)) {
+                    g.insert(target.clone(), Some(v.to_string()));
+                }
+            }
+        }
+        g
+    }
+
+    fn skipped_lines(&self, hay: &str, slots: &Slots) -> Vec<String> {
+        let mut all = String::new();
+        for &i in &self.skiplines {
+            if let Some(t) = slots.text(hay, i) {
+                all.push_str(t);
+            }
+        }
+        all.lines().map(str::to_string).collect()
+    }
+}
+
+/// `name_1` -> `name` (Fail2Ban's `(?:_\d+)?$` suffix).
+fn strip_numeric_suffix(s: &str) -> &str {
+    if let Some(p) = s.rfind('_') {
+        if p > 0 && p + 1 < s.len() && s[p + 1..].bytes().all(|b| b.is_ascii_digit()) {
+            return &s[..p];
+        }
+    }
+    s
+}
+
+const ID_GROUPS: [&str; 4] = ["fid", "ip4", "ip6", "dns"];
+
+/// A compiled filter.
+#[derive(Debug)]
+pub struct Filter {
+    pub definition: FilterDefinition,
+    pub options: FilterOptions,
+    prefregex: Option<CompiledRegex>,
+    failregex: Vec<CompiledRegex>,
+    ignoreregex: Vec<CompiledRegex>,
+    maxlines: usize,
+    dates: DateDetector,
+    prefilter: Option<Prefilter>,
+}
+
+impl Filter {
+    pub fn compile(def: FilterDefinition, options: FilterOptions) -> Result<Filter, FilterError> {
+        let name = def.name.clone();
+        let file = def.main_file();
+        let regex_err = |what: String, source| FilterError::Regex {
+            name: name.clone(),
+            what,
+            file: file.clone(),
+            source,
+        };
+        let use_dns = def.usedns.as_deref().and_then(UseDns::parse).unwrap_or(options.use_dns);
+        let maxlines = def.maxlines.unwrap_or(1);
+        let multiline = maxlines > 1;
+        let prefregex = match &def.prefregex {
+            Some(p) => Some(CompiledRegex::new(p, false, use_dns).map_err(|e| regex_err("prefregex".into(), e))?),
+            None => None,
+        };
+        let pref_has_id = prefregex
+            .as_ref()
+            .is_some_and(|p| ID_GROUPS.iter().chain(["mlfid"].iter()).any(|g| p.has_group(g)));
+        let mut failregex = Vec::new();
+        for (i, r) in def.failregex.iter().enumerate() {
+            let what = format!("failregex {}", i + 1);
+            let c = CompiledRegex::new(r, multiline, use_dns).map_err(|e| regex_err(what.clone(), e))?;
+            if !pref_has_id && !ID_GROUPS.iter().chain(["mlfid"].iter()).any(|g| c.has_group(g)) {
+                return Err(FilterError::NoFailureId {
+                    name,
+                    what,
+                    file,
+                });
+            }
+            failregex.push(c);
+        }
+        if failregex.is_empty() {
+            return Err(FilterError::NoFailRegex { name, file });
+        }
+        let mut ignoreregex = Vec::new();
+        for (i, r) in def.ignoreregex.iter().enumerate() {
+            ignoreregex.push(CompiledRegex::new(r, false, use_dns).map_err(|e| regex_err(format!("ignoreregex {}", i + 1), e))?);
+        }
+        let date_err = |source| FilterError::Date {
+            name: name.clone(),
+            file: file.clone(),
+            source,
+        };
+        let mut dates = match &def.datepattern {
+            Some(p) => DateDetector::from_datepattern(p).map_err(date_err)?,
+            None => DateDetector::default(),
+        };
+        if dates.templates.is_empty() {
+            dates = DateDetector::with_defaults();
+        }
+        dates.default_tz = options.log_tz;
+        let prefilter = if maxlines == 1 {
+            let pats: Vec<&str> = failregex.iter().map(|r| r.pattern.std_regex().as_str()).collect();
+            Prefilter::new(&pats)
+        } else {
+            None
+        };
+        Ok(Filter {
+            definition: def,
+            options,
+            prefregex,
+            failregex,
+            ignoreregex,
+            maxlines,
+            dates,
+            prefilter,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+    pub fn failregex_sources(&self) -> Vec<&str> {
+        self.failregex.iter().map(|r| r.pattern.source()).collect()
+    }
+    pub fn ignoreregex_sources(&self) -> Vec<&str> {
+        self.ignoreregex.iter().map(|r| r.pattern.source()).collect()
+    }
+    pub fn prefregex_source(&self) -> Option<&str> {
+        self.prefregex.as_ref().map(|r| r.pattern.source())
+    }
+    pub fn maxlines(&self) -> usize {
+        self.maxlines
+    }
+    pub fn date_detector(&self) -> &DateDetector {
+        &self.dates
+    }
+    /// Regexes that run on the backtracking engine (for reports).
+    pub fn fancy_regexes(&self) -> usize {
+        self.failregex.iter().filter(|r| r.pattern.is_fancy()).count()
+    }
+}
+
+#[derive(Debug)]
+struct MlfidEntry {
+    data: FailData,
+    expires: f64,
+}
+
+/// Fail2Ban's `<F-MLFID>` cache: at most 100 connections, 5 minutes each.
+#[derive(Debug, Default)]
+struct MlfidCache {
+    entries: IndexMap<String, MlfidEntry>,
+}
+
+const MLFID_MAX: usize = 100;
+const MLFID_TTL: f64 = 300.0;
+
+impl MlfidCache {
+    fn get(&mut self, k: &str, now: f64) -> Option<&mut MlfidEntry> {
+        let expired = self.entries.get(k).is_some_and(|e| e.expires <= now);
+        if expired {
+            self.entries.shift_remove(k);
+            return None;
+        }
+        self.entries.get_mut(k)
+    }
+    fn set(&mut self, k: &str, data: FailData, now: f64) {
+        if self.entries.len() >= MLFID_MAX {
+            while let Some((_, e)) = self.entries.shift_remove_index(0) {
+                if e.expires > now && self.entries.len() < MLFID_MAX {
+                    break;
+                }
+            }
+        }
+        self.entries.insert(k.to_string(), MlfidEntry { data, expires: now + MLFID_TTL });
+    }
+}
+
+/// What happened on the last line (for `banhammer regex` statistics).
+#[derive(Debug, Default, Clone)]
+pub struct LineInfo {
+    pub prefregex_matched: bool,
+    /// Indices of ignoreregexes that matched.
+    pub ignored_by: Vec<usize>,
+}
+
+/// The mutable side of a filter: one per jail (or per `regex` run).
+#[derive(Debug)]
+pub struct FilterState {
+    dates: DateState,
+    current: TupleLine,
+    line_buffer: Vec<TupleLine>,
+    last_date: Option<f64>,
+    last_time_text: String,
+    mlfid: MlfidCache,
+    buf: String,
+    content: String,
+    slots: Slots,
+    candidates: Vec<bool>,
+    pub info: LineInfo,
+    /// Lines whose backtracking search hit its limit (counted, not fatal).
+    pub regex_errors: u64,
+}
+
+/// Joins buffered lines as Fail2Ban hands them to regexes: each line
+/// without its date, `\n`-separated, with a final `\n`.
+fn join_lines(lines: &[TupleLine], out: &mut String) {
+    out.clear();
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&l.pre);
+        out.push_str(&l.post);
+    }
+    out.push('\n');
+}
+
+/// Fail2Ban's split of a buffer into the lines a match covered and the
+/// rest (minus lines consumed by `<SKIPLINES>`).
+fn split_matched(buf: &str, start: usize, end: usize, org: &[TupleLine], skipped: &[String]) -> (Vec<TupleLine>, Vec<TupleLine>) {
+    if org.len() <= 1 {
+        return (org.to_vec(), Vec::new());
+    }
+    let line_start = buf[..(start + 1).min(buf.len())].rfind('\n').map_or(0, |p| p + 1);
+    let from = end.saturating_sub(1).min(buf.len());
+    let line_end = buf[from..].find('\n').map_or(buf.len(), |p| from + p + 1);
+    let c1 = buf[..line_start].matches('\n').count().min(org.len());
+    let c2 = buf[..line_end].matches('\n').count().min(org.len()).max(c1);
+    let mut matched: Vec<TupleLine> = org[c1..c2].to_vec();
+    let mut unmatched: Vec<TupleLine> = org[..c1].to_vec();
+    let mut n = 0;
+    for s in skipped {
+        if let Some(m) = matched[n.min(matched.len())..].iter().position(|l| l.stripped_eq(s)) {
+            unmatched.push(matched.remove(n + m));
+            n += m;
+        }
+    }
+    unmatched.extend_from_slice(&org[c2..]);
+    (matched, unmatched)
+}
+
+impl FilterState {
+    pub fn new(filter: &Filter) -> FilterState {
+        FilterState {
+            dates: DateState::new(&filter.dates),
+            current: TupleLine::default(),
+            line_buffer: Vec::new(),
+            last_date: None,
+            last_time_text: String::new(),
+            mlfid: MlfidCache::default(),
+            buf: String::new(),
+            content: String::new(),
+            slots: Slots::default(),
+            candidates: Vec::new(),
+            info: LineInfo::default(),
+            regex_errors: 0,
+        }
+    }
+
+    /// Hits per date template, by template index (for reports).
+    pub fn date_hits(&self) -> &[u64] {
+        &self.dates.hits
+    }
+
+    /// Processes one log line whose timestamp is in the text.
+    /// `now` is the clock (epoch seconds) for year and day inference.
+    pub fn process_line(&mut self, filter: &Filter, line: &str, now: f64) -> Vec<Failure> {
+        let mut date: Option<f64> = None;
+        match self.dates.match_time(&filter.dates, line) {
+            Some(m) => {
+                let (s, e) = (m.start, m.end);
+                self.current.set(&line[..s], &line[s..e], &line[e..]);
+                if e > s {
+                    date = self.dates.get_time(&filter.dates, line, &m, now);
+                    if let Some(d) = date {
+                        self.last_time_text.clear();
+                        self.last_time_text.push_str(&line[s..e]);
+                        self.last_date = Some(d);
+                    }
+                } else if let Some(d) = self.recent_date(now) {
+                    let text = std::mem::take(&mut self.last_time_text);
+                    self.current.set("", &text, line);
+                    self.last_time_text = text;
+                    date = Some(d);
+                } else {
+                    date = Some(now);
+                }
+            }
+            None => self.current.set("", "", line),
+        }
+        if date.is_none() {
+            if let Some(d) = self.recent_date(now) {
+                let text = std::mem::take(&mut self.last_time_text);
+                self.current.set("", &text, line);
+                self.last_time_text = text;
+                date = Some(d);
+            }
+        }
+        self.find_failure(filter, date, now)
+    }
+
+    /// Processes one message whose time is known (journal, syslog header):
+    /// the whole message is what the regexes see.
+    pub fn process_dated(&mut self, filter: &Filter, message: &str, time: f64, time_text: &str) -> Vec<Failure> {
+        self.current.set("", time_text, message);
+        self.last_time_text.clear();
+        self.last_time_text.push_str(time_text);
+        self.last_date = Some(time);
+        self.find_failure(filter, Some(time), time)
+    }
+
+    fn recent_date(&self, now: f64) -> Option<f64> {
+        self.last_date.filter(|d| *d > now - 60.0)
+    }
+
+    /// Runs ignoreregexes; returns the first that matched.
+    fn ignore_line(&mut self, filter: &Filter, buf: &str, matched_lines: Option<Vec<TupleLine>>) -> Option<usize> {
+        let owned;
+        let hay: &str = match &matched_lines {
+            Some(lines) if filter.maxlines > 1 => {
+                let mut s = String::new();
+                join_lines(lines, &mut s);
+                owned = s;
+                &owned
+            }
+            _ => buf,
+        };
+        let mut found = None;
+        for (i, r) in filter.ignoreregex.iter().enumerate() {
+            if r.pattern.search(hay, &mut self.slots) {
+                found.get_or_insert(i);
+                self.info.ignored_by.push(i);
+                if !filter.options.check_all {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    fn find_failure(&mut self, filter: &Filter, date: Option<f64>, now: f64) -> Vec<Failure> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut hay_owned = std::mem::take(&mut self.content);
+        let current = std::mem::take(&mut self.current);
+        let out = self.find_failure_in(filter, date, now, &current, &mut buf, &mut hay_owned);
+        self.buf = buf;
+        self.content = hay_owned;
+        self.current = current;
+        out
+    }
+
+    /// Fail2Ban's `findFailure` (with `buf` and `hay_owned` as scratch).
+    fn find_failure_in(
+        &mut self,
+        filter: &Filter,
+        date: Option<f64>,
+        now: f64,
+        current: &TupleLine,
+        buf: &mut String,
+        hay_owned: &mut String,
+    ) -> Vec<Failure> {
+        let mut out = Vec::new();
+        self.info.prefregex_matched = false;
+        self.info.ignored_by.clear();
+        let check_all = filter.options.check_all;
+        let multi = filter.maxlines > 1;
+        let org: Vec<TupleLine>;
+        if multi {
+            self.line_buffer.push(current.clone());
+            let excess = self.line_buffer.len().saturating_sub(filter.maxlines);
+            self.line_buffer.drain(..excess);
+            org = self.line_buffer.clone();
+            join_lines(&org, buf);
+        } else {
+            org = Vec::new();
+            buf.clear();
+            buf.push_str(&current.pre);
+            buf.push_str(&current.post);
+            buf.push('\n');
+        }
+        let org_lines: &[TupleLine] = if multi { &org } else { std::slice::from_ref(current) };
+
+        if !filter.ignoreregex.is_empty()
+            && (filter.ignoreregex.len() as isize) < (filter.failregex.len() as isize - 2)
+            && self.ignore_line(filter, buf, None).is_some()
+        {
+            return out;
+        }
+
+        let mut pre_groups: Option<Groups> = None;
+        // where the failregexes look: the buffer, or the prefregex content
+        let mut content: Option<(usize, usize)> = None;
+        if let Some(pref) = &filter.prefregex {
+            if !pref.pattern.search(buf, &mut self.slots) {
+                return out;
+            }
+            self.info.prefregex_matched = true;
+            let mut g = pref.groups(buf, &self.slots);
+            if let Some(Some(c)) = g.shift_remove("content") {
+                if !c.is_empty() {
+                    if let Some(idx) = pref.pattern.group_index("content") {
+                        content = self.slots.get(idx);
+                    }
+                    if multi {
+                        self.line_buffer = vec![TupleLine {
+                            pre: String::new(),
+                            date: String::new(),
+                            post: c,
+                        }];
+                    }
+                }
+            }
+            pre_groups = Some(g);
+        }
+        // the text failregexes search: `content\n` or the whole buffer
+        hay_owned.clear();
+        let hay: &str = match content {
+            Some((s, e)) => {
+                hay_owned.push_str(&buf[s..e]);
+                hay_owned.push('\n');
+                hay_owned
+            }
+            None => buf,
+        };
+
+        if let Some(pf) = &filter.prefilter {
+            if !pf.candidates(hay, &mut self.candidates) {
+                return out;
+            }
+        }
+        let mut hay_valid = true;
+        // single-line mode: set once a failure consumed the line
+        let mut single_cleared = false;
+        for (idx, fr) in filter.failregex.iter().enumerate() {
+            if filter.prefilter.is_some() && !self.candidates.get(idx).copied().unwrap_or(true) {
+                continue;
+            }
+            if !hay_valid {
+                // the buffer changed: search what is left of it
+                if multi {
+                    join_lines(&self.line_buffer, buf);
+                    content = None;
+                } else if single_cleared {
+                    buf.clear();
+                    buf.push('\n');
+                    content = None;
+                }
+                hay_valid = true;
+            }
+            let hay: &str = match content {
+                Some(_) => hay_owned,
+                None => buf,
+            };
+            if !fr.pattern.search(hay, &mut self.slots) {
+                continue;
+            }
+            let (ms, me) = self.slots.get(0).unwrap_or((0, 0));
+            let mut fail = FailData {
+                groups: fr.groups(hay, &self.slots),
+                ..FailData::default()
+            };
+            let skipped = if multi { fr.skipped_lines(hay, &self.slots) } else { Vec::new() };
+            let (matched, unmatched) = split_matched(hay, ms, me, org_lines, &skipped);
+            if !filter.ignoreregex.is_empty() && self.ignore_line(filter, hay, Some(matched.clone())).is_some() {
+                if !check_all || multi {
+                    if multi {
+                        self.line_buffer = unmatched;
+                    } else {
+                        single_cleared = true;
+                    }
+                }
+                hay_valid = false;
+                if !check_all {
+                    break;
+                }
+                continue;
+            }
+            if !check_all || multi {
+                if multi {
+                    self.line_buffer = unmatched;
+                } else {
+                    single_cleared = true;
+                }
+                hay_valid = false;
+            }
+            if let Some(pre) = &pre_groups {
+                let mut merged = pre.clone();
+                for (k, v) in fail.groups.drain(..) {
+                    merged.insert(k, v);
+                }
+                fail.groups = merged;
+            }
+            let mlfid = fail.get("mlfid").map(str::to_string);
+            let mut in_cache = false;
+            if let Some(id) = &mlfid {
+                let (merged, cached) = self.merge_failure(id, fail, &matched, now);
+                fail = merged;
+                in_cache = cached;
+                if fail.truthy("nofail") && !check_all {
+                    return out;
+                }
+            } else {
+                fail.matches.extend(matched.iter().cloned());
+            }
+            let fid = fail.get("fid").map(str::to_string);
+            let ip = fail
+                .get("ip4")
+                .or_else(|| fail.get("ip6"))
+                .or_else(|| fail.get("dns"))
+                .map(str::to_string)
+                .or_else(|| fid.clone());
+            let Some(ip) = ip else {
+                if mlfid.is_none() {
+                    // a regex without any id group matched: Fail2Ban logs and goes on
+                    continue;
+                }
+                fail.mlfpending = true;
+                if in_cache {
+                    if let Some(e) = self.mlfid.get(mlfid.as_deref().unwrap_or_default(), now) {
+                        e.data.mlfpending = true;
+                    }
+                }
+                if !check_all && filter.options.ignore_pending {
+                    return out;
+                }
+                out.push(Failure {
+                    regex: idx,
+                    fid: None,
+                    time: date,
+                    data: fail,
+                });
+                if !check_all {
+                    break;
+                }
+                continue;
+            };
+            let fid = match fid {
+                Some(f) if f != ip => {
+                    fail.groups.insert(Arc::from("ip"), Some(ip));
+                    f
+                }
+                _ => ip,
+            };
+            out.push(Failure {
+                regex: idx,
+                fid: Some(fid),
+                time: date,
+                data: fail,
+            });
+            if !check_all {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Fail2Ban's `_mergeFailure`: combines a failure with what is known
+    /// about its `<F-MLFID>` connection. Returns the merged data and whether
+    /// it is (still) cached.
+    fn merge_failure(&mut self, mlfid: &str, mut fail: FailData, matched: &[TupleLine], now: f64) -> (FailData, bool) {
+        let mut flags = 0u8;
+        if fail.truthy("mlfgained") {
+            flags |= 8 | 1;
+            if !fail.truthy("nofail") {
+                let g = fail.groups.get("mlfgained").cloned().flatten();
+                fail.groups.insert(Arc::from("nofail"), g);
+            }
+        } else if fail.truthy("nofail") {
+            flags |= 1;
+        }
+        if truthy(fail.pop("mlfforget").as_ref()) {
+            flags |= 2;
+        }
+        let users;
+        let in_cache;
+        let mut fail = match self.mlfid.get(mlfid, now) {
+            Some(entry) => {
+                let mut g = entry.data.clone();
+                users = g.update_users(fail.get("user").map(str::to_string));
+                if truthy(g.pop("nofail").as_ref()) {
+                    flags |= 4;
+                }
+                if truthy(g.pop("mlfgained").as_ref()) {
+                    flags |= 4;
+                }
+                if flags & 8 != 0 {
+                    g.mlfpending = false;
+                }
+                if flags & 4 == 0 && !g.mlfpending {
+                    g.matches.clear();
+                }
+                g.update_non_none(&fail);
+                if flags & 2 != 0 {
+                    self.mlfid.entries.shift_remove(mlfid);
+                    in_cache = false;
+                } else {
+                    in_cache = true;
+                }
+                g
+            }
+            None if flags & 2 == 0 => {
+                users = fail.update_users(fail.get("user").map(str::to_string));
+                self.mlfid.set(mlfid, fail.clone(), now);
+                in_cache = true;
+                fail
+            }
+            None => {
+                users = None;
+                in_cache = false;
+                fail
+            }
+        };
+        let pending = std::mem::take(&mut fail.mlfpending);
+        if pending || users.is_some_and(|u| u.len() > 1) {
+            fail.pop("nofail");
+            fail.pop("mlfgained");
+            flags &= !(8 | 1);
+        }
+        if flags & 1 == 0 {
+            let mut m = std::mem::take(&mut fail.nofail_matches);
+            m.extend(fail.matches.iter().cloned());
+            if flags & 8 == 0 {
+                m.extend(matched.iter().cloned());
+            }
+            fail.matches = m;
+        } else if flags & 3 == 1 {
+            fail.nofail_matches.extend(matched.iter().cloned());
+        }
+        if in_cache {
+            if let Some(e) = self.mlfid.get(mlfid, now) {
+                e.data = fail.clone();
+            }
+        }
+        (fail, in_cache)
+    }
+}

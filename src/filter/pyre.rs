@@ -1,0 +1,1222 @@
+//! Python `re` patterns on Rust engines.
+//!
+//! Owns the translation of a Python regular expression (as Fail2Ban filters
+//! write them) into the `regex` crate's syntax, and the choice of engine:
+//! the linear-time `regex` crate whenever the pattern allows it, otherwise
+//! `fancy-regex` (look-around, back-references, conditionals, atomic groups)
+//! behind a `regex`-crate over-approximation that rejects most haystacks
+//! first. Group numbers and names are kept exactly as Python numbers them.
+//!
+//! Semantics kept from Python: `$` without `re.M` matches at the end or
+//! before a final `\n` (haystacks are given with their trailing `\n`, as
+//! Fail2Ban gives them, and contain no other `\n` unless multi-line), `\Z`
+//! is the absolute end, `{` that does not start a valid repetition is a
+//! literal, `\<` is a plain `<`, inline global flags apply to the whole
+//! pattern.
+
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("{msg} at position {pos} of {pattern:?}")]
+    Syntax { pattern: String, pos: usize, msg: String },
+    #[error("{pattern:?} cannot be compiled: {msg}")]
+    Compile { pattern: String, msg: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flags {
+    i: bool,
+    m: bool,
+    s: bool,
+    x: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Perl {
+    Digit,
+    Word,
+    Space,
+}
+
+#[derive(Debug, Clone)]
+enum ClassItem {
+    Char(char),
+    Range(char, char),
+    Perl(Perl, bool),
+}
+
+#[derive(Debug, Clone)]
+enum GroupKind {
+    Capture(usize),
+    NonCapture,
+    Look { behind: bool, negate: bool },
+    Atomic,
+}
+
+type Concat = Vec<Node>;
+type Alt = Vec<Concat>;
+
+#[derive(Debug, Clone)]
+enum Node {
+    Char(char),
+    Any,
+    Class { negated: bool, items: Vec<ClassItem> },
+    Perl(Perl, bool),
+    LineStart,
+    LineEnd,
+    TextStart,
+    TextEnd,
+    WordBoundary(bool),
+    /// `(?=^|\b|\W)` / `(?=\b|\W|$)`: "not between two word characters".
+    NotInsideWord,
+    Group {
+        kind: GroupKind,
+        flags_on: Flags,
+        flags_off: Flags,
+        body: Alt,
+    },
+    Cond {
+        group: usize,
+        yes: Concat,
+        no: Concat,
+    },
+    Backref(usize),
+    Repeat {
+        node: Box<Node>,
+        min: u32,
+        max: Option<u32>,
+        greedy: bool,
+        possessive: bool,
+    },
+}
+
+/// A parsed Python pattern.
+#[derive(Debug, Clone)]
+pub struct PyPattern {
+    root: Alt,
+    flags: Flags,
+    /// Group names by Python group number; index 0 is the whole match.
+    pub names: Vec<Option<String>>,
+    /// Capturing group bodies by number (for back-reference approximation).
+    bodies: Vec<Alt>,
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    chars: Vec<char>,
+    pos: usize,
+    flags: Flags,
+    names: Vec<Option<String>>,
+    bodies: Vec<Alt>,
+    open: Vec<usize>,
+}
+
+const MAX_REPEAT: u32 = 65_535;
+
+impl<'a> Parser<'a> {
+    fn err<T>(&self, msg: impl Into<String>) -> Result<T, PatternError> {
+        Err(PatternError::Syntax {
+            pattern: self.src.to_string(),
+            pos: self.pos,
+            msg: msg.into(),
+        })
+    }
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+    fn peek_at(&self, off: usize) -> Option<char> {
+        self.chars.get(self.pos + off).copied()
+    }
+    fn eat(&mut self, c: char) -> bool {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn starts_with(&self, s: &str) -> bool {
+        let mut i = self.pos;
+        for c in s.chars() {
+            if self.chars.get(i) != Some(&c) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    fn parse_alt(&mut self) -> Result<Alt, PatternError> {
+        let mut alt = vec![self.parse_concat()?];
+        while self.eat('|') {
+            alt.push(self.parse_concat()?);
+        }
+        Ok(alt)
+    }
+
+    fn skip_verbose(&mut self) {
+        if !self.flags.x {
+            return;
+        }
+        loop {
+            match self.peek() {
+                Some(c) if c.is_whitespace() => self.pos += 1,
+                Some('#') => {
+                    while let Some(c) = self.peek() {
+                        self.pos += 1;
+                        if c == '\n' {
+                            break;
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn parse_concat(&mut self) -> Result<Concat, PatternError> {
+        let mut seq: Concat = Vec::new();
+        loop {
+            self.skip_verbose();
+            let Some(c) = self.peek() else { break };
+            if c == '|' || c == ')' {
+                break;
+            }
+            if matches!(c, '*' | '+' | '?') || (c == '{' && self.repeat_ahead().is_some()) {
+                let here = self.pos;
+                let (min, max) = match c {
+                    '*' => {
+                        self.pos += 1;
+                        (0, None)
+                    }
+                    '+' => {
+                        self.pos += 1;
+                        (1, None)
+                    }
+                    '?' => {
+                        self.pos += 1;
+                        (0, Some(1))
+                    }
+                    _ => {
+                        let (min, max, len) = self.repeat_ahead().unwrap_or((0, None, 1));
+                        self.pos += len;
+                        (min, max)
+                    }
+                };
+                if let Some(mx) = max {
+                    if mx < min {
+                        self.pos = here;
+                        return self.err("min repeat greater than max repeat");
+                    }
+                }
+                let Some(last) = seq.pop() else {
+                    self.pos = here;
+                    return self.err("nothing to repeat");
+                };
+                if matches!(
+                    last,
+                    Node::LineStart
+                        | Node::LineEnd
+                        | Node::TextStart
+                        | Node::TextEnd
+                        | Node::WordBoundary(_)
+                        | Node::NotInsideWord
+                ) {
+                    self.pos = here;
+                    return self.err("nothing to repeat");
+                }
+                if matches!(last, Node::Repeat { .. }) {
+                    self.pos = here;
+                    return self.err("multiple repeat");
+                }
+                let (greedy, possessive) = if self.eat('?') {
+                    (false, false)
+                } else if self.eat('+') {
+                    (true, true)
+                } else {
+                    (true, false)
+                };
+                seq.push(Node::Repeat {
+                    node: Box::new(last),
+                    min,
+                    max,
+                    greedy,
+                    possessive,
+                });
+                continue;
+            }
+            if let Some(node) = self.parse_atom()? {
+                seq.push(node);
+            }
+        }
+        Ok(seq)
+    }
+
+    /// `{m}`, `{m,}`, `{,n}`, `{m,n}` at the cursor: (min, max, length).
+    fn repeat_ahead(&self) -> Option<(u32, Option<u32>, usize)> {
+        if self.peek() != Some('{') || self.peek_at(1) == Some('}') {
+            return None;
+        }
+        let mut i = self.pos + 1;
+        let digits = |i: &mut usize| {
+            let s = *i;
+            while self.chars.get(*i).is_some_and(|c| c.is_ascii_digit()) {
+                *i += 1;
+            }
+            self.chars[s..*i].iter().collect::<String>()
+        };
+        let lo = digits(&mut i);
+        let hi;
+        if self.chars.get(i) == Some(&',') {
+            i += 1;
+            hi = Some(digits(&mut i));
+        } else {
+            hi = None;
+        }
+        if self.chars.get(i) != Some(&'}') {
+            return None;
+        }
+        let min = if lo.is_empty() { 0 } else { lo.parse::<u32>().ok()?.min(MAX_REPEAT) };
+        let max = match hi {
+            None => Some(min),
+            Some(h) if h.is_empty() => None,
+            Some(h) => Some(h.parse::<u32>().ok()?.min(MAX_REPEAT)),
+        };
+        Some((min, max, i + 1 - self.pos))
+    }
+
+    fn parse_atom(&mut self) -> Result<Option<Node>, PatternError> {
+        let c = self.chars[self.pos];
+        self.pos += 1;
+        Ok(Some(match c {
+            '.' => Node::Any,
+            '^' => Node::LineStart,
+            '$' => Node::LineEnd,
+            '[' => self.parse_class()?,
+            '(' => return self.parse_group(),
+            '\\' => self.parse_escape()?,
+            c => Node::Char(c),
+        }))
+    }
+
+    fn parse_name(&mut self, end: char) -> Result<String, PatternError> {
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if c == end {
+                let name: String = self.chars[start..self.pos].iter().collect();
+                self.pos += 1;
+                let valid = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+                if !valid {
+                    return self.err(format!("bad character in group name {name:?}"));
+                }
+                return Ok(name);
+            }
+            self.pos += 1;
+        }
+        self.err("missing group name terminator")
+    }
+
+    fn group_by_name(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.as_deref() == Some(name))
+    }
+
+    fn parse_flags(&mut self) -> Result<(Flags, Flags, bool), PatternError> {
+        // after "(?": letters [-letters] then ':' (scoped) or ')' (global)
+        let mut on = Flags::default();
+        let mut off = Flags::default();
+        let mut negative = false;
+        loop {
+            let Some(c) = self.peek() else {
+                return self.err("missing ), unterminated flags");
+            };
+            self.pos += 1;
+            let target = if negative { &mut off } else { &mut on };
+            match c {
+                'i' => target.i = true,
+                'm' => target.m = true,
+                's' => target.s = true,
+                'x' => target.x = true,
+                'a' | 'u' | 'L' => {}
+                '-' if !negative => negative = true,
+                ':' => return Ok((on, off, true)),
+                ')' if !negative => return Ok((on, off, false)),
+                _ => return self.err(format!("unknown flag {c:?}")),
+            }
+        }
+    }
+
+    fn parse_group(&mut self) -> Result<Option<Node>, PatternError> {
+        let group_start = self.pos - 1;
+        if !self.eat('?') {
+            return self.capture_group(None).map(Some);
+        }
+        if self.eat(':') {
+            let body = self.parse_body()?;
+            return Ok(Some(Node::Group {
+                kind: GroupKind::NonCapture,
+                flags_on: Flags::default(),
+                flags_off: Flags::default(),
+                body,
+            }));
+        }
+        if self.starts_with("P<") {
+            self.pos += 2;
+            let name = self.parse_name('>')?;
+            return self.capture_group(Some(name)).map(Some);
+        }
+        if self.starts_with("P=") {
+            self.pos += 2;
+            let name = self.parse_name(')')?;
+            let Some(idx) = self.group_by_name(&name) else {
+                return self.err(format!("unknown group name {name:?}"));
+            };
+            if self.open.contains(&idx) {
+                return self.err("cannot refer to an open group");
+            }
+            return Ok(Some(Node::Backref(idx)));
+        }
+        if self.eat('#') {
+            while let Some(c) = self.peek() {
+                self.pos += 1;
+                if c == ')' {
+                    return Ok(None);
+                }
+            }
+            return self.err("missing ), unterminated comment");
+        }
+        let look = if self.eat('=') {
+            Some((false, false))
+        } else if self.eat('!') {
+            Some((false, true))
+        } else if self.starts_with("<=") {
+            self.pos += 2;
+            Some((true, false))
+        } else if self.starts_with("<!") {
+            self.pos += 2;
+            Some((true, true))
+        } else {
+            None
+        };
+        if let Some((behind, negate)) = look {
+            let body = self.parse_body()?;
+            let text: String = self.chars[group_start..self.pos].iter().collect();
+            if !behind && !negate && (text == r"(?=^|\b|\W)" || text == r"(?=\b|\W|$)") {
+                return Ok(Some(Node::NotInsideWord));
+            }
+            return Ok(Some(Node::Group {
+                kind: GroupKind::Look { behind, negate },
+                flags_on: Flags::default(),
+                flags_off: Flags::default(),
+                body,
+            }));
+        }
+        if self.eat('>') {
+            let body = self.parse_body()?;
+            return Ok(Some(Node::Group {
+                kind: GroupKind::Atomic,
+                flags_on: Flags::default(),
+                flags_off: Flags::default(),
+                body,
+            }));
+        }
+        if self.eat('(') {
+            let start = self.pos;
+            while self.peek().is_some_and(|c| c != ')') {
+                self.pos += 1;
+            }
+            let name: String = self.chars[start..self.pos].iter().collect();
+            if !self.eat(')') {
+                return self.err("missing ), unterminated name");
+            }
+            let group = match name.parse::<usize>() {
+                Ok(n) if n > 0 && n < self.names.len() => n,
+                Ok(_) => return self.err(format!("invalid group reference {name}")),
+                Err(_) => match self.group_by_name(&name) {
+                    Some(n) => n,
+                    None => return self.err(format!("unknown group name {name:?}")),
+                },
+            };
+            let mut alt = self.parse_alt()?;
+            if !self.eat(')') {
+                return self.err("missing ), unterminated subpattern");
+            }
+            if alt.len() > 2 {
+                return self.err("conditional backref with more than two branches");
+            }
+            let no = if alt.len() == 2 { alt.pop().unwrap_or_default() } else { Vec::new() };
+            let yes = alt.pop().unwrap_or_default();
+            return Ok(Some(Node::Cond { group, yes, no }));
+        }
+        if self.peek() == Some('<') {
+            // `(?<name>...)`: not Python, but common elsewhere; accept it
+            self.pos += 1;
+            let name = self.parse_name('>')?;
+            return self.capture_group(Some(name)).map(Some);
+        }
+        let (on, off, scoped) = self.parse_flags()?;
+        if scoped {
+            let saved = self.flags;
+            if on.x {
+                self.flags.x = true;
+            }
+            if off.x {
+                self.flags.x = false;
+            }
+            let body = self.parse_body()?;
+            self.flags = saved;
+            return Ok(Some(Node::Group {
+                kind: GroupKind::NonCapture,
+                flags_on: on,
+                flags_off: off,
+                body,
+            }));
+        }
+        // global flags: apply to the whole pattern (Python <= 3.10 semantics)
+        self.flags.i |= on.i;
+        self.flags.m |= on.m;
+        self.flags.s |= on.s;
+        self.flags.x |= on.x;
+        Ok(None)
+    }
+
+    fn parse_body(&mut self) -> Result<Alt, PatternError> {
+        let body = self.parse_alt()?;
+        if !self.eat(')') {
+            return self.err("missing ), unterminated subpattern");
+        }
+        Ok(body)
+    }
+
+    fn capture_group(&mut self, name: Option<String>) -> Result<Node, PatternError> {
+        if let Some(n) = &name {
+            if self.group_by_name(n).is_some() {
+                return self.err(format!("redefinition of group name {n:?}"));
+            }
+        }
+        let idx = self.names.len();
+        self.names.push(name);
+        self.bodies.push(Vec::new());
+        self.open.push(idx);
+        let body = self.parse_body()?;
+        self.open.retain(|&g| g != idx);
+        self.bodies[idx] = body.clone();
+        Ok(Node::Group {
+            kind: GroupKind::Capture(idx),
+            flags_on: Flags::default(),
+            flags_off: Flags::default(),
+            body,
+        })
+    }
+
+    fn hex(&mut self, n: usize) -> Result<char, PatternError> {
+        let s: String = self.chars[self.pos..(self.pos + n).min(self.chars.len())].iter().collect();
+        if s.len() != n || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return self.err("incomplete escape");
+        }
+        self.pos += n;
+        u32::from_str_radix(&s, 16)
+            .ok()
+            .and_then(char::from_u32)
+            .map_or_else(|| self.err("bad escape value"), Ok)
+    }
+
+    fn octal(&mut self, first: char) -> Result<char, PatternError> {
+        let mut v = first.to_digit(8).unwrap_or(0);
+        for _ in 0..2 {
+            match self.peek().and_then(|c| c.to_digit(8)) {
+                Some(d) => {
+                    v = v * 8 + d;
+                    self.pos += 1;
+                }
+                None => break,
+            }
+        }
+        if v > 0o377 {
+            return self.err("octal escape value outside of range 0-0o377");
+        }
+        Ok(char::from_u32(v).unwrap_or('\0'))
+    }
+
+    /// Escapes valid both inside and outside classes.
+    fn common_escape(&mut self, c: char) -> Result<Option<char>, PatternError> {
+        Ok(Some(match c {
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            'f' => '\x0c',
+            'v' => '\x0b',
+            'a' => '\x07',
+            'x' => self.hex(2)?,
+            'u' => self.hex(4)?,
+            'U' => self.hex(8)?,
+            'N' => return self.err("\\N{...} escapes are not supported"),
+            c if c.is_ascii_alphabetic() => return Ok(None),
+            c => c,
+        }))
+    }
+
+    fn parse_escape(&mut self) -> Result<Node, PatternError> {
+        let Some(c) = self.peek() else {
+            return self.err("bad escape (end of pattern)");
+        };
+        self.pos += 1;
+        Ok(match c {
+            'A' => Node::TextStart,
+            'Z' => Node::TextEnd,
+            'b' => Node::WordBoundary(true),
+            'B' => Node::WordBoundary(false),
+            'd' => Node::Perl(Perl::Digit, false),
+            'D' => Node::Perl(Perl::Digit, true),
+            'w' => Node::Perl(Perl::Word, false),
+            'W' => Node::Perl(Perl::Word, true),
+            's' => Node::Perl(Perl::Space, false),
+            'S' => Node::Perl(Perl::Space, true),
+            '0' => Node::Char(self.octal('0')?),
+            '1'..='9' => {
+                // three octal digits form an octal escape, otherwise a group reference
+                let d2 = self.peek();
+                let d3 = self.peek_at(1);
+                if c <= '7'
+                    && d2.is_some_and(|d| ('0'..='7').contains(&d))
+                    && d3.is_some_and(|d| ('0'..='7').contains(&d))
+                {
+                    return Ok(Node::Char(self.octal(c)?));
+                }
+                let mut num = c.to_digit(10).unwrap_or(0) as usize;
+                if let Some(d) = d2.and_then(|d| d.to_digit(10)) {
+                    num = num * 10 + d as usize;
+                    self.pos += 1;
+                }
+                if num >= self.names.len() {
+                    return self.err(format!("invalid group reference {num}"));
+                }
+                if self.open.contains(&num) {
+                    return self.err("cannot refer to an open group");
+                }
+                Node::Backref(num)
+            }
+            c => match self.common_escape(c)? {
+                Some(ch) => Node::Char(ch),
+                None => return self.err(format!("bad escape \\{c}")),
+            },
+        })
+    }
+
+    fn class_atom(&mut self) -> Result<ClassItem, PatternError> {
+        let c = self.chars[self.pos];
+        self.pos += 1;
+        if c != '\\' {
+            return Ok(ClassItem::Char(c));
+        }
+        let Some(e) = self.peek() else {
+            return self.err("bad escape (end of pattern)");
+        };
+        self.pos += 1;
+        Ok(match e {
+            'd' => ClassItem::Perl(Perl::Digit, false),
+            'D' => ClassItem::Perl(Perl::Digit, true),
+            'w' => ClassItem::Perl(Perl::Word, false),
+            'W' => ClassItem::Perl(Perl::Word, true),
+            's' => ClassItem::Perl(Perl::Space, false),
+            'S' => ClassItem::Perl(Perl::Space, true),
+            'b' => ClassItem::Char('\x08'),
+            '0'..='7' => ClassItem::Char(self.octal(e)?),
+            '8' | '9' => return self.err(format!("bad escape \\{e}")),
+            e => match self.common_escape(e)? {
+                Some(ch) => ClassItem::Char(ch),
+                None => return self.err(format!("bad escape \\{e}")),
+            },
+        })
+    }
+
+    fn parse_class(&mut self) -> Result<Node, PatternError> {
+        let negated = self.eat('^');
+        let mut items = Vec::new();
+        let mut first = true;
+        loop {
+            let Some(c) = self.peek() else {
+                return self.err("unterminated character set");
+            };
+            if c == ']' && !first {
+                self.pos += 1;
+                break;
+            }
+            first = false;
+            let item = self.class_atom()?;
+            if self.peek() == Some('-') && self.peek_at(1).is_some_and(|c| c != ']') {
+                self.pos += 1;
+                let hi = self.class_atom()?;
+                match (item, hi) {
+                    (ClassItem::Char(a), ClassItem::Char(b)) if a <= b => items.push(ClassItem::Range(a, b)),
+                    _ => return self.err("bad character range"),
+                }
+            } else {
+                items.push(item);
+            }
+        }
+        Ok(Node::Class { negated, items })
+    }
+}
+
+/// Applies Fail2Ban's rewrite of `((?i)x)` / `(?:(?i)x)` to `(?i:x)`.
+pub fn glob_to_local_flags(pattern: &str) -> String {
+    let b = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len());
+    let mut i = 0;
+    while i < pattern.len() {
+        if b[i] == b'(' && (i == 0 || b[i - 1] != b'\\') {
+            let rest = &pattern[i + 1..];
+            let inner = rest.strip_prefix("?:").unwrap_or(rest);
+            if let Some(after) = inner.strip_prefix("(?") {
+                let letters = after.bytes().take_while(|c| c.is_ascii_lowercase()).count();
+                if letters > 0 && after.as_bytes().get(letters) == Some(&b')') {
+                    out.push_str("(?");
+                    out.push_str(&after[..letters]);
+                    out.push(':');
+                    i = pattern.len() - after.len() + letters + 1;
+                    continue;
+                }
+            }
+        }
+        let ch = pattern[i..].chars().next().unwrap_or('\0');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+impl PyPattern {
+    pub fn parse(src: &str) -> Result<PyPattern, PatternError> {
+        let mut p = Parser {
+            src,
+            chars: src.chars().collect(),
+            pos: 0,
+            flags: Flags::default(),
+            names: vec![None],
+            bodies: vec![Vec::new()],
+            open: Vec::new(),
+        };
+        // verbose mode changes tokenizing: honour a leading (?x)
+        if let Some(rest) = src.strip_prefix("(?") {
+            let letters: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+            if letters.contains('x') && rest[letters.len()..].starts_with(')') {
+                p.flags.x = true;
+            }
+        }
+        let root = p.parse_alt()?;
+        if p.pos < p.chars.len() {
+            return p.err("unbalanced parenthesis");
+        }
+        Ok(PyPattern {
+            root,
+            flags: p.flags,
+            names: p.names,
+            bodies: p.bodies,
+        })
+    }
+
+    /// Whether the pattern needs a backtracking engine.
+    pub fn needs_fancy(&self) -> bool {
+        fn alt(a: &Alt) -> bool {
+            a.iter().any(|c| c.iter().any(node))
+        }
+        fn node(n: &Node) -> bool {
+            match n {
+                Node::Group { kind, body, .. } => {
+                    matches!(kind, GroupKind::Look { .. } | GroupKind::Atomic) || alt(body)
+                }
+                Node::Cond { .. } | Node::Backref(_) => true,
+                Node::Repeat { node: inner, possessive, .. } => *possessive || node(inner),
+                _ => false,
+            }
+        }
+        alt(&self.root)
+    }
+
+    pub fn emit(&self, target: Target, multiline: bool) -> String {
+        let mut flags = self.flags;
+        flags.m |= multiline;
+        let mut out = String::new();
+        let mut head = String::new();
+        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
+            if on {
+                head.push(c);
+            }
+        }
+        if !head.is_empty() {
+            let _ = write!(out, "(?{head})");
+        }
+        let mut e = Emitter {
+            pat: self,
+            target,
+            in_backref_copy: false,
+        };
+        e.alt(&self.root, flags, &mut out);
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The `regex` crate; only for patterns without fancy features.
+    Std,
+    /// `fancy-regex`.
+    Fancy,
+    /// A `regex`-crate pattern that matches at least everything the
+    /// original matches (look-around dropped, conditionals as alternation,
+    /// back-references as a copy of the group).
+    Approx,
+}
+
+struct Emitter<'p> {
+    pat: &'p PyPattern,
+    target: Target,
+    in_backref_copy: bool,
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if regex_syntax::is_meta_character(c) {
+        out.push('\\');
+        out.push(c);
+    } else if c == '\n' {
+        out.push_str("\\n");
+    } else if c.is_whitespace() || c.is_control() {
+        let _ = write!(out, "\\x{{{:X}}}", c as u32);
+    } else {
+        out.push(c);
+    }
+}
+
+fn push_class_char(out: &mut String, c: char) {
+    if c.is_ascii_alphanumeric() || (!c.is_ascii() && !c.is_whitespace() && !c.is_control()) {
+        out.push(c);
+    } else {
+        let _ = write!(out, "\\x{{{:X}}}", c as u32);
+    }
+}
+
+fn perl_text(p: Perl, negated: bool) -> &'static str {
+    match (p, negated) {
+        (Perl::Digit, false) => "\\d",
+        (Perl::Digit, true) => "\\D",
+        (Perl::Word, false) => "\\w",
+        (Perl::Word, true) => "\\W",
+        (Perl::Space, false) => "\\s",
+        (Perl::Space, true) => "\\S",
+    }
+}
+
+impl Emitter<'_> {
+    fn alt(&mut self, alt: &Alt, flags: Flags, out: &mut String) {
+        for (i, c) in alt.iter().enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            for n in c {
+                self.node(n, flags, out);
+            }
+        }
+    }
+
+    fn node(&mut self, n: &Node, flags: Flags, out: &mut String) {
+        let approx = self.target == Target::Approx;
+        match n {
+            Node::Char(c) => push_escaped(out, *c),
+            Node::Any => out.push('.'),
+            Node::Class { negated, items } => {
+                out.push('[');
+                if *negated {
+                    out.push('^');
+                }
+                for it in items {
+                    match it {
+                        ClassItem::Char(c) => push_class_char(out, *c),
+                        ClassItem::Range(a, b) => {
+                            push_class_char(out, *a);
+                            out.push('-');
+                            push_class_char(out, *b);
+                        }
+                        ClassItem::Perl(p, neg) => out.push_str(perl_text(*p, *neg)),
+                    }
+                }
+                out.push(']');
+            }
+            Node::Perl(p, neg) => out.push_str(perl_text(*p, *neg)),
+            Node::LineStart if self.in_backref_copy => out.push_str("(?:)"),
+            Node::LineEnd if self.in_backref_copy => out.push_str("(?:)"),
+            Node::TextStart | Node::TextEnd | Node::WordBoundary(_) | Node::NotInsideWord
+                if self.in_backref_copy =>
+            {
+                out.push_str("(?:)")
+            }
+            Node::LineStart => out.push('^'),
+            Node::LineEnd => out.push_str(if flags.m { "$" } else { "(?m:$)" }),
+            Node::TextStart => out.push_str("\\A"),
+            Node::TextEnd => out.push_str("\\z"),
+            Node::WordBoundary(true) => out.push_str("\\b"),
+            Node::WordBoundary(false) => out.push_str("\\B"),
+            Node::NotInsideWord => out.push_str(match self.target {
+                Target::Fancy => "(?:\\b|(?=\\W)|\\A|\\z)",
+                _ => "(?:\\b{start-half}|\\b{end-half})",
+            }),
+            Node::Group {
+                kind,
+                flags_on,
+                flags_off,
+                body,
+            } => {
+                let mut inner = flags;
+                inner.i = (inner.i || flags_on.i) && !flags_off.i;
+                inner.m = (inner.m || flags_on.m) && !flags_off.m;
+                inner.s = (inner.s || flags_on.s) && !flags_off.s;
+                match kind {
+                    GroupKind::Look { .. } if approx => {
+                        out.push_str("(?:)");
+                        return;
+                    }
+                    GroupKind::Look { behind, negate } => out.push_str(match (behind, negate) {
+                        (false, false) => "(?=",
+                        (false, true) => "(?!",
+                        (true, false) => "(?<=",
+                        (true, true) => "(?<!",
+                    }),
+                    GroupKind::Capture(idx) if !self.in_backref_copy => match &self.pat.names[*idx] {
+                        Some(name) => {
+                            let _ = write!(out, "(?P<{name}>");
+                        }
+                        None => out.push('('),
+                    },
+                    GroupKind::Atomic if self.target == Target::Fancy => out.push_str("(?>"),
+                    _ => {
+                        let mut f = String::new();
+                        for (on, c) in [(flags_on.i, 'i'), (flags_on.m, 'm'), (flags_on.s, 's')] {
+                            if on {
+                                f.push(c);
+                            }
+                        }
+                        let mut g = String::new();
+                        for (on, c) in [(flags_off.i, 'i'), (flags_off.m, 'm'), (flags_off.s, 's')] {
+                            if on {
+                                g.push(c);
+                            }
+                        }
+                        if !g.is_empty() {
+                            f.push('-');
+                            f.push_str(&g);
+                        }
+                        let _ = write!(out, "(?{f}:");
+                    }
+                }
+                self.alt(body, inner, out);
+                out.push(')');
+            }
+            Node::Cond { group, yes, no } => {
+                if approx {
+                    out.push_str("(?:");
+                    for y in yes {
+                        self.node(y, flags, out);
+                    }
+                    out.push('|');
+                    for y in no {
+                        self.node(y, flags, out);
+                    }
+                    out.push(')');
+                } else {
+                    let _ = write!(out, "(?({group})");
+                    for y in yes {
+                        self.node(y, flags, out);
+                    }
+                    out.push('|');
+                    for y in no {
+                        self.node(y, flags, out);
+                    }
+                    out.push(')');
+                }
+            }
+            Node::Backref(g) => {
+                if approx {
+                    let saved = self.in_backref_copy;
+                    self.in_backref_copy = true;
+                    out.push_str("(?:");
+                    let body = self.pat.bodies[*g].clone();
+                    self.alt(&body, flags, out);
+                    out.push(')');
+                    self.in_backref_copy = saved;
+                } else {
+                    let _ = write!(out, "\\{g}");
+                }
+            }
+            Node::Repeat {
+                node,
+                min,
+                max,
+                greedy,
+                possessive,
+            } => {
+                let atomic_wrap = *possessive && self.target == Target::Fancy;
+                if atomic_wrap {
+                    out.push_str("(?>");
+                }
+                out.push_str("(?:");
+                self.node(node, flags, out);
+                out.push(')');
+                match (min, max) {
+                    (0, None) => out.push('*'),
+                    (1, None) => out.push('+'),
+                    (0, Some(1)) => out.push('?'),
+                    (m, None) => {
+                        let _ = write!(out, "{{{m},}}");
+                    }
+                    (m, Some(x)) if m == x => {
+                        let _ = write!(out, "{{{m}}}");
+                    }
+                    (m, Some(x)) => {
+                        let _ = write!(out, "{{{m},{x}}}");
+                    }
+                }
+                if !greedy {
+                    out.push('?');
+                }
+                if atomic_wrap {
+                    out.push(')');
+                }
+            }
+        }
+    }
+}
+
+/// How long a backtracking search may run before it is abandoned (and the
+/// line treated as not matching, with a counted error).
+pub const BACKTRACK_LIMIT: usize = 1_000_000;
+
+/// A compiled pattern on the best engine it allows.
+#[derive(Debug)]
+pub struct Pattern {
+    source: String,
+    engine: Engine,
+    names: Vec<Option<String>>,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Std(regex::Regex),
+    Fancy {
+        exact: Box<fancy_regex::Regex>,
+        approx: regex::Regex,
+    },
+}
+
+/// Match positions by Python group number (0 = whole match), reused across
+/// searches so that matching allocates nothing once warmed up.
+#[derive(Debug, Default)]
+pub struct Slots {
+    std: Option<regex::CaptureLocations>,
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl Slots {
+    pub fn get(&self, group: usize) -> Option<(usize, usize)> {
+        self.spans.get(group).copied().flatten()
+    }
+    pub fn text<'h>(&self, hay: &'h str, group: usize) -> Option<&'h str> {
+        self.get(group).map(|(s, e)| &hay[s..e])
+    }
+}
+
+fn build_std(pattern: &str, src: &str) -> Result<regex::Regex, PatternError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(64 << 20)
+        .dfa_size_limit(16 << 20)
+        .build()
+        .map_err(|e| PatternError::Compile {
+            pattern: src.to_string(),
+            msg: e.to_string(),
+        })
+}
+
+impl Pattern {
+    /// Compiles a Python pattern; `multiline` is Python's `re.M`.
+    pub fn new(src: &str, multiline: bool) -> Result<Pattern, PatternError> {
+        let py = PyPattern::parse(src)?;
+        let engine = if py.needs_fancy() {
+            let fancy_src = py.emit(Target::Fancy, multiline);
+            let exact = fancy_regex::RegexBuilder::new(&fancy_src)
+                .backtrack_limit(BACKTRACK_LIMIT)
+                .build()
+                .map_err(|e| PatternError::Compile {
+                    pattern: src.to_string(),
+                    msg: e.to_string(),
+                })?;
+            let approx = build_std(&py.emit(Target::Approx, multiline), src)?;
+            Engine::Fancy {
+                exact: Box::new(exact),
+                approx,
+            }
+        } else {
+            Engine::Std(build_std(&py.emit(Target::Std, multiline), src)?)
+        };
+        Ok(Pattern {
+            source: src.to_string(),
+            engine,
+            names: py.names,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// True if the backtracking engine is in use.
+    pub fn is_fancy(&self) -> bool {
+        matches!(self.engine, Engine::Fancy { .. })
+    }
+
+    /// The `regex`-crate pattern used (exact, or the over-approximation).
+    pub fn std_regex(&self) -> &regex::Regex {
+        match &self.engine {
+            Engine::Std(r) => r,
+            Engine::Fancy { approx, .. } => approx,
+        }
+    }
+
+    /// Group names by group number (index 0 is the whole match).
+    pub fn names(&self) -> &[Option<String>] {
+        &self.names
+    }
+
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.as_deref() == Some(name))
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_match(&self, hay: &str) -> bool {
+        match &self.engine {
+            Engine::Std(r) => r.is_match(hay),
+            Engine::Fancy { exact, approx } => approx.is_match(hay) && exact.is_match(hay).unwrap_or(false),
+        }
+    }
+
+    /// Python's `search(hay, start)`: fills `slots`; false if no match (or
+    /// if the backtracking engine gave up: see [`BACKTRACK_LIMIT`]).
+    pub fn search_at(&self, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        slots.spans.clear();
+        match &self.engine {
+            Engine::Std(r) => {
+                let locs = slots.std.get_or_insert_with(|| r.capture_locations());
+                if locs.len() != self.names.len() {
+                    *locs = r.capture_locations();
+                }
+                if r.captures_read_at(locs, hay, start).is_none() {
+                    return false;
+                }
+                for i in 0..self.names.len() {
+                    slots.spans.push(locs.get(i));
+                }
+                true
+            }
+            Engine::Fancy { exact, approx } => {
+                if !approx.is_match_at(hay, start) {
+                    return false;
+                }
+                match exact.captures_from_pos(hay, start) {
+                    Ok(Some(caps)) => {
+                        for i in 0..self.names.len() {
+                            slots.spans.push(caps.get(i).map(|m| (m.start(), m.end())));
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    pub fn search(&self, hay: &str, slots: &mut Slots) -> bool {
+        self.search_at(hay, 0, slots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(p: &str, hay: &str) -> Option<Vec<Option<String>>> {
+        let pat = Pattern::new(p, false).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Slots::default();
+        pat.search(hay, &mut s)
+            .then(|| (0..pat.group_count()).map(|i| s.text(hay, i).map(String::from)).collect())
+    }
+
+    #[test]
+    fn python_dollar_matches_before_final_newline() {
+        assert!(find(r"^abc$", "abc\n").is_some());
+        assert!(find(r"abc\s+$", "abc\n").is_some());
+        assert!(find(r"^abc\Z", "abc\n").is_none());
+        assert!(find(r"^abc\n\Z", "abc\n").is_some());
+    }
+
+    #[test]
+    fn literal_braces_and_escapes() {
+        assert!(find(r"a{b}", "a{b}").is_some());
+        assert!(find(r"x{,2}y", "xxy").is_some());
+        assert!(find(r"\<tag\>", "<tag>").is_some());
+        assert!(find(r"[\w\-.^_]+", "a-b.c^d").unwrap()[0].as_deref() == Some("a-b.c^d"));
+        assert!(find(r"[]a]+", "]a]").is_some());
+        assert!(find(r"[[]", "[").is_some());
+        assert!(find(r"a&&b~~c", "a&&b~~c").is_some());
+        assert!(find(r"[&&~]+", "&~").is_some());
+        assert!(find(r"\x41\u0042\103", "ABC").is_some());
+    }
+
+    #[test]
+    fn groups_keep_python_numbers() {
+        let g = find(r"(?P<a>x)(y)(?:z)(?P<b>w)?", "xyz").unwrap();
+        assert_eq!(g, [Some("xyz".into()), Some("x".into()), Some("y".into()), None]);
+    }
+
+    #[test]
+    fn fancy_features_fall_back() {
+        let p = Pattern::new(r"^(?P<q>[-/])a(?P=q)b$", false).unwrap();
+        assert!(p.is_fancy());
+        assert!(p.is_match("-a-b\n"));
+        assert!(!p.is_match("-a/b\n"));
+        let cond = r"^(?P<inv>invalid user )?(?P<user>(?(inv)\S+|[^:]+)) from (?!x)\S+";
+        let g = find(cond, "invalid user bob from 1.2.3.4").unwrap();
+        assert_eq!(g[2].as_deref(), Some("bob"));
+        assert!(find(r"^(?:(?! from ).)*? end", "a from b end").is_none());
+        assert!(find(r"^(?:(?! from ).)*? end", "a b end").is_some());
+    }
+
+    #[test]
+    fn word_edge_lookaheads_stay_on_the_fast_engine() {
+        let p = Pattern::new(r"(?=^|\b|\W)(\d+)(?=\b|\W|$)", false).unwrap();
+        assert!(!p.is_fancy());
+        let mut s = Slots::default();
+        assert!(p.search("ab 12 cd", &mut s));
+        assert_eq!(s.get(1), Some((3, 5)));
+        assert!(!p.search("ab12cd", &mut s) || s.get(1) != Some((2, 4)));
+    }
+
+    #[test]
+    fn flags() {
+        assert!(find(r"(?i)abc", "ABC").is_some());
+        assert!(find(r"x(?i)abc", "xABC").is_some());
+        assert!(find(r"(?i:a)b", "Ab").is_some());
+        assert!(find(r"(?i:a)b", "AB").is_none());
+        assert!(find(&glob_to_local_flags(r"((?i)a)b"), "Ab").is_some());
+        assert_eq!(glob_to_local_flags(r"x(?:(?i)a)b"), r"x(?i:a)b");
+        assert!(find("(?x) a b # comment\n c", "abc").is_some());
+    }
+
+    #[test]
+    fn errors_are_reported_not_panics() {
+        for bad in [r"(", r")", r"[a", r"a**", r"*a", r"\q", r"(?P<a>x)(?P<a>y)", r"a{3,2}", r"(?P=nope)"] {
+            assert!(Pattern::new(bad, false).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Reading a filter definition: `filter.d/NAME.conf` and friends plus the
+//! jail's `NAME[key=value]` options, resolved to the strings the engine
+//! compiles.
+//!
+//! Owns Fail2Ban's `FilterReader` rules: the `[Definition]` options
+//! (`prefregex`, `failregex`, `ignoreregex`, `maxlines`, `datepattern`,
+//! `journalmatch`, `usedns`), `[Init]` defaults that jail options override,
+//! `known/` values, and the recursive `<tag>` substitution between options.
+
+use super::tags::{substitute_recursive, RecursiveTagError};
+use crate::config::ini::{split_conditional, Config, IniError, Vars};
+use crate::config::options::NamedOptions;
+use indexmap::IndexMap;
+use std::path::{Path, PathBuf};
+
+/// Options of `[Definition]` that make up a filter.
+pub const FILTER_OPTIONS: [&str; 7] = [
+    "usedns",
+    "prefregex",
+    "ignoreregex",
+    "failregex",
+    "maxlines",
+    "datepattern",
+    "journalmatch",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("filter '{name}': no {name}.conf or {name}.local in {}; check the filter name or --filter-dir", dir.display())]
+    NotFound { name: String, dir: PathBuf },
+    #[error("filter '{name}': {source}")]
+    Ini {
+        name: String,
+        #[source]
+        source: IniError,
+    },
+    #[error("filter '{name}': {source}")]
+    Tags {
+        name: String,
+        #[source]
+        source: RecursiveTagError,
+    },
+    #[error("filter '{name}': maxlines must be a whole number greater than 0, not {value:?}")]
+    MaxLines { name: String, value: String },
+}
+
+/// A filter as read: resolved option strings, ready to compile.
+#[derive(Debug, Clone, Default)]
+pub struct FilterDefinition {
+    pub name: String,
+    /// Files read, in order (for error messages).
+    pub files: Vec<PathBuf>,
+    pub prefregex: Option<String>,
+    pub failregex: Vec<String>,
+    pub ignoreregex: Vec<String>,
+    pub maxlines: Option<usize>,
+    pub datepattern: Option<String>,
+    /// One `journalctl`-style match per entry (`+` separates alternatives).
+    pub journalmatch: Vec<String>,
+    pub usedns: Option<String>,
+    /// All combined, substituted options (for actions and reports).
+    pub options: IndexMap<String, String>,
+    pub warnings: Vec<String>,
+}
+
+impl FilterDefinition {
+    /// The file most likely to hold the regexes (the last one read that
+    /// is not an include), for error messages.
+    pub fn main_file(&self) -> String {
+        self.files
+            .iter()
+            .rev()
+            .find(|f| f.file_stem().and_then(|s| s.to_str()) == Some(self.name.as_str()))
+            .or(self.files.last())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads filter `spec.name` from `dir` (a `filter.d` directory).
+pub fn read_filter(dir: &Path, spec: &NamedOptions) -> Result<FilterDefinition, ReadError> {
+    read_filter_at(&dir.join(&spec.name), &spec.name, &spec.options).map_err(|e| match e {
+        ReadError::NotFound { name, .. } => ReadError::NotFound {
+            name,
+            dir: dir.to_path_buf(),
+        },
+        e => e,
+    })
+}
+
+/// Reads the filter whose files are `BASE.conf` etc.
+pub fn read_filter_at(base: &Path, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
+    let ini = |source| ReadError::Ini {
+        name: name.to_string(),
+        source,
+    };
+    let cfg = Config::read_layered(base).map_err(ini)?.ok_or_else(|| ReadError::NotFound {
+        name: name.to_string(),
+        dir: base.parent().map(Path::to_path_buf).unwrap_or_default(),
+    })?;
+    resolve(cfg, name, jail_opts)
+}
+
+/// Fail2Ban's `DefinitionInitConfigReader.getOptions` + `getCombined`.
+pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
+    let ini = |source| ReadError::Ini {
+        name: name.to_string(),
+        source,
+    };
+    let pvars: Vars = jail_opts.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
+    let mut opts: IndexMap<String, String> = IndexMap::new();
+    for opt in FILTER_OPTIONS {
+        if jail_opts.contains_key(opt) {
+            continue;
+        }
+        if let Some(v) = cfg.get("Definition", opt, &pvars).map_err(ini)? {
+            opts.insert(opt.to_string(), v);
+        }
+    }
+    let mut init: IndexMap<String, String> = jail_opts.clone();
+    if cfg.has_section("Init") {
+        for opt in cfg.own_options("Init") {
+            let v = cfg.get("Init", &opt, &Vars::new()).map_err(ini)?.unwrap_or_default();
+            if !opt.starts_with("known/") {
+                init.insert(format!("known/{opt}"), v.clone());
+            }
+            init.entry(opt).or_insert(v);
+        }
+    }
+    let mut combined = opts;
+    for (k, v) in init {
+        combined.insert(k, v);
+    }
+    let ignore: Vec<String> = combined
+        .keys()
+        .filter_map(|k| split_conditional(k).map(|(base, _)| base.to_string()))
+        .collect();
+    let mut cache: IndexMap<String, Option<String>> = IndexMap::new();
+    let mut extra = |tag: &str| -> Option<String> {
+        if let Some(v) = cache.get(tag) {
+            return v.clone();
+        }
+        let v = cfg.get_ex("Definition", tag, &pvars).ok().flatten();
+        cache.insert(tag.to_string(), v.clone());
+        v
+    };
+    let options = substitute_recursive(&combined, &ignore, &mut extra).map_err(|source| ReadError::Tags {
+        name: name.to_string(),
+        source,
+    })?;
+    let lines = |k: &str| -> Vec<String> {
+        options
+            .get(k)
+            .map(|v| v.split('\n').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let maxlines = match options.get("maxlines").map(|s| s.trim()) {
+        None => None,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(ReadError::MaxLines {
+                    name: name.to_string(),
+                    value: v.to_string(),
+                })
+            }
+        },
+    };
+    Ok(FilterDefinition {
+        name: name.to_string(),
+        files: cfg.files.clone(),
+        prefregex: options.get("prefregex").filter(|s| !s.is_empty()).cloned(),
+        failregex: lines("failregex"),
+        ignoreregex: lines("ignoreregex"),
+        maxlines,
+        datepattern: options.get("datepattern").cloned(),
+        journalmatch: lines("journalmatch"),
+        usedns: options.get("usedns").cloned(),
+        warnings: cfg.warnings.clone(),
+        options,
+    })
+}

@@ -1,0 +1,154 @@
+//! The `banhammer` command line.
+
+use anyhow::Context;
+use banhammer::cmd;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "banhammer", version, about = "Intrusion prevention with Fail2Ban-compatible filters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one filter over a log file and print one JSON object per line
+    /// (the conformance interface, see CONTRACT.md).
+    TestFilter {
+        /// Directory holding the filter files (a filter.d directory).
+        #[arg(long)]
+        filter_dir: PathBuf,
+        /// Print JSON lines (the only format).
+        #[arg(long)]
+        json: bool,
+        /// The clock, in epoch seconds (default: now).
+        #[arg(long)]
+        now: Option<f64>,
+        /// Lines carry no timestamp (journal): the time of every line is --now.
+        #[arg(long)]
+        no_date: bool,
+        /// Try every failregex (Fail2Ban's sample-test mode) instead of the first match.
+        #[arg(long)]
+        check_all: bool,
+        /// Filter name with options, as a jail's `filter =` line: NAME[key=value, ...].
+        spec: String,
+        /// The log file.
+        logfile: String,
+    },
+    /// Test a filter or a regex against a log, like fail2ban-regex.
+    Regex {
+        /// Directory for filter names (default: /etc/banhammer/filter.d, else ./filters).
+        #[arg(long)]
+        filter_dir: Option<PathBuf>,
+        /// Stop at the first matching failregex per line (default: try all, as fail2ban-regex).
+        #[arg(long)]
+        no_check_all: bool,
+        #[arg(long)]
+        print_all_matched: bool,
+        #[arg(long)]
+        print_all_missed: bool,
+        #[arg(long)]
+        print_all_ignored: bool,
+        /// Override the filter's datepattern.
+        #[arg(short = 'd', long)]
+        datepattern: Option<String>,
+        /// Override the filter's maxlines.
+        #[arg(short = 'l', long)]
+        maxlines: Option<usize>,
+        /// The clock, in epoch seconds (default: now).
+        #[arg(long)]
+        now: Option<f64>,
+        /// Accepted for fail2ban-regex compatibility: host names are never resolved.
+        #[arg(long)]
+        raw: bool,
+        /// A log file, `-` for standard input, or a log line.
+        log: String,
+        /// A filter name (with [options]), a filter file, or a regex with <HOST>.
+        filter: String,
+        /// An ignoreregex, or a filter file whose ignoreregex to use.
+        ignoreregex: Option<String>,
+    },
+}
+
+fn default_filter_dir() -> PathBuf {
+    let installed = PathBuf::from("/etc/banhammer/filter.d");
+    if installed.is_dir() {
+        return installed;
+    }
+    let exe_repo = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.ancestors().nth(3).map(|r| r.join("filters")))
+        .filter(|p| p.is_dir());
+    exe_repo.unwrap_or_else(|| PathBuf::from("filters"))
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::TestFilter {
+            filter_dir,
+            json,
+            now,
+            no_date,
+            check_all,
+            spec,
+            logfile,
+        } => {
+            if !json {
+                anyhow::bail!("test-filter needs --json (the only output format)");
+            }
+            cmd::test_filter::run(&cmd::test_filter::TestFilterArgs {
+                filter_dir: &filter_dir,
+                spec: &spec,
+                log: &logfile,
+                now: now.unwrap_or_else(cmd::now),
+                no_date,
+                check_all,
+            })
+            .context("test-filter")?;
+        }
+        Command::Regex {
+            filter_dir,
+            no_check_all,
+            print_all_matched,
+            print_all_missed,
+            print_all_ignored,
+            datepattern,
+            maxlines,
+            now,
+            raw: _,
+            log,
+            filter,
+            ignoreregex,
+        } => {
+            cmd::regex::run(&cmd::regex::RegexArgs {
+                log,
+                filter,
+                ignore: ignoreregex,
+                filter_dir: filter_dir.unwrap_or_else(default_filter_dir),
+                check_all: !no_check_all,
+                print_all_matched,
+                print_all_missed,
+                print_all_ignored,
+                datepattern,
+                maxlines,
+                now,
+            })
+            .context("regex")?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banhammer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
