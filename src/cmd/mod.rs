@@ -10,12 +10,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
-    #[error("cannot read log file {path}: {source}")]
-    ReadLog {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read log file {path}: {cause}")]
+    ReadLog { path: String, cause: std::io::Error },
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
     #[error("{0}")]
@@ -26,9 +22,9 @@ pub enum CmdError {
 
 /// Reads a whole log file (or stdin for `-`).
 pub fn read_log(path: &str) -> Result<Vec<u8>, CmdError> {
-    let err = |source| CmdError::ReadLog {
+    let err = |cause| CmdError::ReadLog {
         path: path.to_string(),
-        source,
+        cause,
     };
     if path == "-" {
         let mut v = Vec::new();

@@ -116,29 +116,28 @@ const PRINT_MAX: usize = 20;
 pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    writeln!(out, "\nRunning tests\n=============\n")?;
     let (mut def, use_line) = load(&args.filter, &args.filter_dir)?;
-    writeln!(out, "{use_line}")?;
+    let mut header = vec![use_line];
     if let Some(ign) = &args.ignore {
         match classify(ign, &args.filter_dir) {
             Source::Regex(r) => {
-                writeln!(out, "Use    ignoreregex line : {}", shorten(&r))?;
+                header.push(format!("Use    ignoreregex line : {}", shorten(&r)));
                 def.ignoreregex.push(r);
             }
             _ => {
                 let (idef, line) = load(ign, &args.filter_dir)?;
-                writeln!(out, "{}", line.replace("failregex", "ignoreregex"))?;
+                header.push(line.replace("failregex", "ignoreregex"));
                 def.ignoreregex.extend(idef.ignoreregex);
             }
         }
     }
     if let Some(dp) = &args.datepattern {
         def.datepattern = Some(dp.clone());
-        writeln!(out, "Use      datepattern : {dp}")?;
+        header.push(format!("Use      datepattern : {dp}"));
     }
     if let Some(n) = args.maxlines {
         def.maxlines = Some(n);
-        writeln!(out, "Use         maxlines : {n}")?;
+        header.push(format!("Use         maxlines : {n}"));
     }
     for w in &def.warnings {
         eprintln!("warning: {w}");
@@ -152,13 +151,18 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     )?;
     let from_file = args.log == "-" || Path::new(&args.log).is_file();
     let data = if from_file {
-        writeln!(out, "Use         log file : {}", args.log)?;
-        writeln!(out, "Use         encoding : UTF-8\n")?;
-        read_log(&args.log)?
+        let data = read_log(&args.log)?;
+        header.push(format!("Use         log file : {}", args.log));
+        header.push("Use         encoding : UTF-8\n".to_string());
+        data
     } else {
-        writeln!(out, "Use      single line : {}\n", shorten(&args.log))?;
+        header.push(format!("Use      single line : {}\n", shorten(&args.log)));
         args.log.clone().into_bytes()
     };
+    writeln!(out, "\nRunning tests\n=============\n")?;
+    for h in header {
+        writeln!(out, "{h}")?;
+    }
     out.flush()?;
 
     let now = args.now.unwrap_or_else(super::now);

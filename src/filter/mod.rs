@@ -26,25 +26,28 @@ pub use tags::UseDns;
 pub enum FilterError {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("filter '{name}': {what} does not compile: {source} (in {file})")]
+    #[error("filter '{name}': {what} does not compile: {cause}; the regex is {pattern:?}{}", in_file(file))]
     Regex {
         name: String,
         what: String,
+        pattern: String,
         file: String,
-        #[source]
-        source: PatternError,
+        cause: PatternError,
     },
-    #[error("filter '{name}': {what} has no failure id group: add <HOST>, <ADDR> or <F-ID>...</F-ID> (in {file})")]
+    #[error("filter '{name}': {what} has no failure id group: add <HOST>, <ADDR> or <F-ID>...</F-ID>{}", in_file(file))]
     NoFailureId { name: String, what: String, file: String },
-    #[error("filter '{name}' has no failregex (in {file})")]
+    #[error("filter '{name}' has no failregex{}", in_file(file))]
     NoFailRegex { name: String, file: String },
-    #[error("filter '{name}': {source} (in {file})")]
-    Date {
-        name: String,
-        file: String,
-        #[source]
-        source: DateError,
-    },
+    #[error("filter '{name}': {cause}{}", in_file(file))]
+    Date { name: String, file: String, cause: DateError },
+}
+
+fn in_file(file: &str) -> String {
+    if file.is_empty() {
+        String::new()
+    } else {
+        format!(" (in {file})")
+    }
 }
 
 /// One log line split around its date: Fail2Ban's `(prefix, date, suffix)`.
@@ -181,6 +184,8 @@ impl Default for FilterOptions {
 
 #[derive(Debug)]
 struct CompiledRegex {
+    /// The regex as written (tags not expanded), for reports.
+    source: String,
     pattern: Pattern,
     /// (group number, name) of every named group.
     named: Vec<(usize, Arc<str>)>,
@@ -216,6 +221,7 @@ impl CompiledRegex {
         alts.sort_by(|a, b| a.0.cmp(&b.0));
         skip.sort();
         Ok(CompiledRegex {
+            source: src.to_string(),
             pattern,
             named,
             alts: alts.into_iter().map(|(_, i, t)| (i, t)).collect(),
@@ -284,17 +290,18 @@ impl Filter {
     pub fn compile(def: FilterDefinition, options: FilterOptions) -> Result<Filter, FilterError> {
         let name = def.name.clone();
         let file = def.main_file();
-        let regex_err = |what: String, source| FilterError::Regex {
+        let regex_err = |what: String, pattern: &str, cause| FilterError::Regex {
             name: name.clone(),
             what,
+            pattern: pattern.to_string(),
             file: file.clone(),
-            source,
+            cause,
         };
         let use_dns = def.usedns.as_deref().and_then(UseDns::parse).unwrap_or(options.use_dns);
         let maxlines = def.maxlines.unwrap_or(1);
         let multiline = maxlines > 1;
         let prefregex = match &def.prefregex {
-            Some(p) => Some(CompiledRegex::new(p, false, use_dns).map_err(|e| regex_err("prefregex".into(), e))?),
+            Some(p) => Some(CompiledRegex::new(p, false, use_dns).map_err(|e| regex_err("prefregex".into(), p, e))?),
             None => None,
         };
         let pref_has_id = prefregex
@@ -303,7 +310,7 @@ impl Filter {
         let mut failregex = Vec::new();
         for (i, r) in def.failregex.iter().enumerate() {
             let what = format!("failregex {}", i + 1);
-            let c = CompiledRegex::new(r, multiline, use_dns).map_err(|e| regex_err(what.clone(), e))?;
+            let c = CompiledRegex::new(r, multiline, use_dns).map_err(|e| regex_err(what.clone(), r, e))?;
             if !pref_has_id && !ID_GROUPS.iter().chain(["mlfid"].iter()).any(|g| c.has_group(g)) {
                 return Err(FilterError::NoFailureId {
                     name,
@@ -318,12 +325,12 @@ impl Filter {
         }
         let mut ignoreregex = Vec::new();
         for (i, r) in def.ignoreregex.iter().enumerate() {
-            ignoreregex.push(CompiledRegex::new(r, false, use_dns).map_err(|e| regex_err(format!("ignoreregex {}", i + 1), e))?);
+            ignoreregex.push(CompiledRegex::new(r, false, use_dns).map_err(|e| regex_err(format!("ignoreregex {}", i + 1), r, e))?);
         }
-        let date_err = |source| FilterError::Date {
+        let date_err = |cause| FilterError::Date {
             name: name.clone(),
             file: file.clone(),
-            source,
+            cause,
         };
         let mut dates = match &def.datepattern {
             Some(p) => DateDetector::from_datepattern(p).map_err(date_err)?,
@@ -355,13 +362,13 @@ impl Filter {
         &self.definition.name
     }
     pub fn failregex_sources(&self) -> Vec<&str> {
-        self.failregex.iter().map(|r| r.pattern.source()).collect()
+        self.failregex.iter().map(|r| r.source.as_str()).collect()
     }
     pub fn ignoreregex_sources(&self) -> Vec<&str> {
-        self.ignoreregex.iter().map(|r| r.pattern.source()).collect()
+        self.ignoreregex.iter().map(|r| r.source.as_str()).collect()
     }
     pub fn prefregex_source(&self) -> Option<&str> {
-        self.prefregex.as_ref().map(|r| r.pattern.source())
+        self.prefregex.as_ref().map(|r| r.source.as_str())
     }
     pub fn maxlines(&self) -> usize {
         self.maxlines

@@ -18,9 +18,9 @@ use std::fmt::Write as _;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
-    #[error("{msg} at position {pos} of {pattern:?}")]
+    #[error("{msg} (at character {pos} after expanding tags)")]
     Syntax { pattern: String, pos: usize, msg: String },
-    #[error("{pattern:?} cannot be compiled: {msg}")]
+    #[error("{msg}")]
     Compile { pattern: String, msg: String },
 }
 

@@ -28,18 +28,10 @@ pub const FILTER_OPTIONS: [&str; 7] = [
 pub enum ReadError {
     #[error("filter '{name}': no {name}.conf or {name}.local in {}; check the filter name or --filter-dir", dir.display())]
     NotFound { name: String, dir: PathBuf },
-    #[error("filter '{name}': {source}")]
-    Ini {
-        name: String,
-        #[source]
-        source: IniError,
-    },
-    #[error("filter '{name}': {source}")]
-    Tags {
-        name: String,
-        #[source]
-        source: RecursiveTagError,
-    },
+    #[error("filter '{name}': {cause}")]
+    Ini { name: String, cause: IniError },
+    #[error("filter '{name}': {cause}")]
+    Tags { name: String, cause: RecursiveTagError },
     #[error("filter '{name}': maxlines must be a whole number greater than 0, not {value:?}")]
     MaxLines { name: String, value: String },
 }
@@ -90,9 +82,9 @@ pub fn read_filter(dir: &Path, spec: &NamedOptions) -> Result<FilterDefinition, 
 
 /// Reads the filter whose files are `BASE.conf` etc.
 pub fn read_filter_at(base: &Path, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
-    let ini = |source| ReadError::Ini {
+    let ini = |cause| ReadError::Ini {
         name: name.to_string(),
-        source,
+        cause,
     };
     let cfg = Config::read_layered(base).map_err(ini)?.ok_or_else(|| ReadError::NotFound {
         name: name.to_string(),
@@ -103,9 +95,9 @@ pub fn read_filter_at(base: &Path, name: &str, jail_opts: &IndexMap<String, Stri
 
 /// Fail2Ban's `DefinitionInitConfigReader.getOptions` + `getCombined`.
 pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
-    let ini = |source| ReadError::Ini {
+    let ini = |cause| ReadError::Ini {
         name: name.to_string(),
-        source,
+        cause,
     };
     let pvars: Vars = jail_opts.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
     let mut opts: IndexMap<String, String> = IndexMap::new();
@@ -144,9 +136,9 @@ pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) ->
         cache.insert(tag.to_string(), v.clone());
         v
     };
-    let options = substitute_recursive(&combined, &ignore, &mut extra).map_err(|source| ReadError::Tags {
+    let options = substitute_recursive(&combined, &ignore, &mut extra).map_err(|cause| ReadError::Tags {
         name: name.to_string(),
-        source,
+        cause,
     })?;
     let lines = |k: &str| -> Vec<String> {
         options
