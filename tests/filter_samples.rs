@@ -213,6 +213,6 @@ fn every_shipped_filter_passes_its_sample_log() {
         assert!(c.non_failures >= 3, "{name}: sample has {} lines that must not match (need at least 3)", c.non_failures);
         tested.push(name.to_string());
     }
-    assert!(tested.len() >= 12, "only {} filters tested: {tested:?}", tested.len());
+    assert!(tested.len() >= 10, "only {} filters tested: {tested:?}", tested.len());
     assert!(errors.is_empty(), "{} wrong lines:\n{}", errors.len(), errors.join("\n"));
 }

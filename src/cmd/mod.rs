@@ -34,6 +34,49 @@ pub fn read_log(path: &str) -> Result<Vec<u8>, CmdError> {
     std::fs::read(Path::new(path)).map_err(err)
 }
 
+/// Opens a log for streaming (`-` is standard input).
+pub fn open_log(path: &str) -> Result<Box<dyn Read>, CmdError> {
+    if path == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    std::fs::File::open(path)
+        .map(|f| Box::new(f) as Box<dyn Read>)
+        .map_err(|cause| CmdError::ReadLog {
+            path: path.to_string(),
+            cause,
+        })
+}
+
+/// Streams a log through [`for_each_line`] in fixed-size chunks, so memory
+/// stays bounded by the longest line, not the file.
+pub fn for_each_line_in(mut input: impl Read, path: &str, mut f: impl FnMut(&str)) -> Result<(), CmdError> {
+    const CHUNK: usize = 256 * 1024;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(cause) => {
+                return Err(CmdError::ReadLog {
+                    path: path.to_string(),
+                    cause,
+                })
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(last_nl) = memchr::memrchr(b'\n', &buf) {
+            for_each_line(&buf[..=last_nl], &mut f);
+            buf.drain(..=last_nl);
+        }
+    }
+    if !buf.is_empty() {
+        for_each_line(&buf, &mut f);
+    }
+    Ok(())
+}
+
 /// Splits log bytes into lines as Fail2Ban reads them: at `\n` only, every
 /// trailing `\r`/`\n` removed, invalid UTF-8 replaced by U+FFFD; a final
 /// line without `\n` is a line, the empty rest after a final `\n` is not.

@@ -3,7 +3,7 @@
 //! failregex is tried on every line unless `--no-check-all`; comment and
 //! empty lines are skipped; host names are not resolved, as with `--raw`).
 
-use super::{for_each_line, read_log, CmdError};
+use super::{for_each_line_in, open_log, CmdError};
 use crate::config::options::parse_named;
 use crate::filter::{read_filter, read_filter_at, FilterDefinition, FilterError, Filter, FilterOptions, FilterState};
 use std::io::Write;
@@ -150,14 +150,14 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         },
     )?;
     let from_file = args.log == "-" || Path::new(&args.log).is_file();
-    let data = if from_file {
-        let data = read_log(&args.log)?;
+    let input: Box<dyn std::io::Read> = if from_file {
+        let input = open_log(&args.log)?;
         header.push(format!("Use         log file : {}", args.log));
         header.push("Use         encoding : UTF-8\n".to_string());
-        data
+        input
     } else {
         header.push(format!("Use      single line : {}\n", shorten(&args.log)));
-        args.log.clone().into_bytes()
+        Box::new(std::io::Cursor::new(args.log.clone().into_bytes()))
     };
     writeln!(out, "\nRunning tests\n=============\n")?;
     for h in header {
@@ -173,7 +173,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         ..Stats::default()
     };
     let started = Instant::now();
-    for_each_line(&data, |line| {
+    for_each_line_in(input, &args.log, |line| {
         if line.is_empty() || line.starts_with('#') {
             return;
         }
@@ -212,7 +212,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
             st.missed += 1;
             keep(&mut st.missed_lines, args.print_all_missed);
         }
-    });
+    })?;
     let elapsed = started.elapsed().as_secs_f64();
 
     writeln!(out, "\nResults\n=======")?;
