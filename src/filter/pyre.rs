@@ -660,6 +660,188 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// What is known about group participation at a point of the pattern.
+type Env = Vec<(usize, bool)>;
+
+fn env_get(env: &Env, g: usize) -> Option<bool> {
+    env.iter().rev().find(|(k, _)| *k == g).map(|(_, v)| *v)
+}
+
+/// Capturing groups anywhere inside `n`.
+fn defined_groups(n: &Node, out: &mut Vec<usize>) {
+    match n {
+        Node::Group { kind, body, .. } => {
+            if let GroupKind::Capture(g) = kind {
+                out.push(*g);
+            }
+            body.iter().flatten().for_each(|c| defined_groups(c, out));
+        }
+        Node::Cond { yes, no, .. } => yes.iter().chain(no).for_each(|c| defined_groups(c, out)),
+        Node::Repeat { node, .. } => defined_groups(node, out),
+        _ => {}
+    }
+}
+
+/// Groups that take part in every match of `n`.
+fn certain_groups(n: &Node, out: &mut Vec<usize>) {
+    match n {
+        Node::Group { kind, body, .. } => {
+            if let GroupKind::Capture(g) = kind {
+                out.push(*g);
+            }
+            if body.len() == 1 && !matches!(kind, GroupKind::Look { .. }) {
+                body[0].iter().for_each(|c| certain_groups(c, out));
+            }
+        }
+        Node::Repeat { node, min, .. } if *min >= 1 => certain_groups(node, out),
+        _ => {}
+    }
+}
+
+/// Groups a conditional anywhere inside `n` asks about.
+fn cond_refs(n: &Node, out: &mut Vec<usize>) {
+    match n {
+        Node::Group { body, .. } => body.iter().flatten().for_each(|c| cond_refs(c, out)),
+        Node::Cond { group, yes, no } => {
+            out.push(*group);
+            yes.iter().chain(no).for_each(|c| cond_refs(c, out));
+        }
+        Node::Repeat { node, .. } => cond_refs(node, out),
+        _ => {}
+    }
+}
+
+fn empty_group(body: Alt) -> Node {
+    Node::Group {
+        kind: GroupKind::NonCapture,
+        flags_on: Flags::default(),
+        flags_off: Flags::default(),
+        body,
+    }
+}
+
+/// The ways `n` can match, in the backtracker's order of preference, when
+/// `n` is an optional item or an alternation (the choice points that decide
+/// whether a group takes part).
+fn choices(n: &Node) -> Option<Vec<Node>> {
+    match n {
+        Node::Repeat {
+            node,
+            min: 0,
+            max: Some(1),
+            greedy,
+            possessive: false,
+        } => {
+            let take = (**node).clone();
+            let skip = empty_group(vec![Vec::new()]);
+            Some(if *greedy { vec![take, skip] } else { vec![skip, take] })
+        }
+        Node::Group {
+            kind: kind @ (GroupKind::Capture(_) | GroupKind::NonCapture),
+            flags_on,
+            flags_off,
+            body,
+        } if body.len() > 1 => Some(
+            body.iter()
+                .map(|alt| Node::Group {
+                    kind: kind.clone(),
+                    flags_on: *flags_on,
+                    flags_off: *flags_off,
+                    body: vec![alt.clone()],
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Compiles conditionals away: at the choice point that decides a group a
+/// later conditional asks about, the rest of the sequence is copied into
+/// each choice with the conditional resolved. The backtracker tries the
+/// choices in the same order, so matches and captures are unchanged.
+/// `None` where a conditional cannot be resolved this way.
+fn eliminate(seq: &[Node], env: &Env) -> Option<Concat> {
+    let mut env = env.clone();
+    let mut out = Vec::new();
+    for (i, item) in seq.iter().enumerate() {
+        let rest = &seq[i + 1..];
+        let mut later = Vec::new();
+        rest.iter().for_each(|n| cond_refs(n, &mut later));
+        let mut defined = Vec::new();
+        defined_groups(item, &mut defined);
+        let decided: Vec<usize> = defined
+            .into_iter()
+            .filter(|g| later.contains(g) && env_get(&env, *g).is_none())
+            .collect();
+        if decided.is_empty() {
+            out.push(resolve(item, &env)?);
+            let mut sure = Vec::new();
+            certain_groups(item, &mut sure);
+            env.extend(sure.into_iter().map(|g| (g, true)));
+            continue;
+        }
+        let mut branches = Vec::new();
+        for choice in choices(item)? {
+            let mut sure = Vec::new();
+            certain_groups(&choice, &mut sure);
+            let mut any = Vec::new();
+            defined_groups(&choice, &mut any);
+            let mut env2 = env.clone();
+            for &g in &decided {
+                if sure.contains(&g) {
+                    env2.push((g, true));
+                } else if !any.contains(&g) {
+                    env2.push((g, false));
+                } else {
+                    return None;
+                }
+            }
+            env2.extend(sure.iter().map(|&g| (g, true)));
+            let mut branch = vec![resolve(&choice, &env)?];
+            branch.extend(eliminate(rest, &env2)?);
+            branches.push(branch);
+        }
+        out.push(empty_group(branches));
+        return Some(out);
+    }
+    Some(out)
+}
+
+/// Resolves the conditionals inside one item with what `env` knows.
+fn resolve(n: &Node, env: &Env) -> Option<Node> {
+    Some(match n {
+        Node::Cond { group, yes, no } => {
+            let branch = if env_get(env, *group)? { yes } else { no };
+            empty_group(vec![eliminate(branch, env)?])
+        }
+        Node::Group {
+            kind,
+            flags_on,
+            flags_off,
+            body,
+        } => Node::Group {
+            kind: kind.clone(),
+            flags_on: *flags_on,
+            flags_off: *flags_off,
+            body: body.iter().map(|c| eliminate(c, env)).collect::<Option<Alt>>()?,
+        },
+        Node::Repeat {
+            node,
+            min,
+            max,
+            greedy,
+            possessive,
+        } => Node::Repeat {
+            node: Box::new(resolve(node, env)?),
+            min: *min,
+            max: *max,
+            greedy: *greedy,
+            possessive: *possessive,
+        },
+        other => other.clone(),
+    })
+}
+
 /// Applies Fail2Ban's rewrite of `((?i)x)` / `(?:(?i)x)` to `(?i:x)`.
 pub fn glob_to_local_flags(pattern: &str) -> String {
     let b = pattern.as_bytes();
@@ -748,13 +930,37 @@ impl PyPattern {
         if !head.is_empty() {
             let _ = write!(out, "(?{head})");
         }
-        let mut e = Emitter {
-            pat: self,
-            target,
-            in_backref_copy: false,
-        };
+        let mut e = Emitter::new(self, target);
         e.alt(&self.root, flags, &mut out);
         out
+    }
+
+    /// The `Verified` pattern with its checks and group map; `None` if a
+    /// construct cannot be checked from the outside. Conditionals are first
+    /// compiled away where their group's participation is decided by one
+    /// choice point (see [`eliminate`]).
+    fn emit_verified(&self, multiline: bool) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
+        let mut flags = self.flags;
+        flags.m |= multiline;
+        let mut out = String::new();
+        let mut head = String::new();
+        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
+            if on {
+                head.push(c);
+            }
+        }
+        if !head.is_empty() {
+            let _ = write!(out, "(?{head})");
+        }
+        let root: Option<Alt> = self.root.iter().map(|c| eliminate(c, &Env::new())).collect();
+        let root = root.unwrap_or_else(|| self.root.clone());
+        let mut e = Emitter::new(self, Target::Verified);
+        e.alt(&root, flags, &mut out);
+        let conds_ok = e.checks.iter().all(|c| match c {
+            CheckSpec::Cond { group, .. } | CheckSpec::Backref { group, .. } => !e.repeated[*group],
+            _ => true,
+        });
+        (!e.unverifiable && conds_ok).then_some((out, e.checks, e.py_to_rust))
     }
 }
 
@@ -768,12 +974,119 @@ pub enum Target {
     /// original matches (look-around dropped, conditionals as alternation,
     /// back-references as a copy of the group).
     Approx,
+    /// Like `Approx`, with marker groups where the dropped constructs were,
+    /// so that a match can be checked against them afterwards.
+    Verified,
+}
+
+/// A construct the `Verified` pattern dropped, to check after a match.
+#[derive(Debug, Clone)]
+enum CheckSpec {
+    /// `(?(group)yes|no)`: the branch taken must agree with the group.
+    Cond { group: usize, yes: usize },
+    /// `(?P=group)`: the marker's text must equal the group's.
+    Backref { group: usize, marker: usize, caseless: bool },
+    /// `(?=...)` and friends at the marker's position.
+    Look { marker: usize, behind: bool, negate: bool, body: String },
+    /// `(?:(?!L).)*`: `L` may start at no position inside the marker.
+    Tempered { marker: usize, body: String },
 }
 
 struct Emitter<'p> {
     pat: &'p PyPattern,
     target: Target,
     in_backref_copy: bool,
+    /// Rust capture groups emitted so far (group 0 is the whole match).
+    groups: usize,
+    /// Python group number -> Rust group numbers (several where conditional
+    /// elimination copied a group into several branches).
+    py_to_rust: Vec<Vec<usize>>,
+    /// Python groups that sit inside a repetition.
+    repeated: Vec<bool>,
+    rep_depth: usize,
+    checks: Vec<CheckSpec>,
+    /// A construct the `Verified` target cannot check was met.
+    unverifiable: bool,
+}
+
+impl<'p> Emitter<'p> {
+    fn new(pat: &'p PyPattern, target: Target) -> Emitter<'p> {
+        Emitter {
+            pat,
+            target,
+            in_backref_copy: false,
+            groups: 1,
+            py_to_rust: vec![Vec::new(); pat.names.len()],
+            repeated: vec![false; pat.names.len()],
+            rep_depth: 0,
+            checks: Vec::new(),
+            unverifiable: false,
+        }
+    }
+
+    fn marker(&mut self, out: &mut String) -> usize {
+        let idx = self.groups;
+        self.groups += 1;
+        let _ = write!(out, "(?P<__bhv{idx}>");
+        idx
+    }
+
+    /// The standalone `regex`-crate text of a look-around body.
+    fn body_text(&self, body: &Alt, flags: Flags) -> Option<String> {
+        let sub = PyPattern {
+            root: body.clone(),
+            flags: Flags::default(),
+            names: self.pat.names.clone(),
+            bodies: self.pat.bodies.clone(),
+        };
+        if sub.needs_fancy() {
+            return None;
+        }
+        let mut e = Emitter::new(self.pat, Target::Std);
+        e.in_backref_copy = true; // no captures inside
+        let mut text = String::new();
+        let mut head = String::new();
+        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
+            if on {
+                head.push(c);
+            }
+        }
+        if !head.is_empty() {
+            let _ = write!(text, "(?{head})");
+        }
+        text.push_str("(?:");
+        e.alt(body, flags, &mut text);
+        text.push(')');
+        Some(text)
+    }
+}
+
+/// `(?:(?!L)C)` with a single-character `C`: the tempered token.
+fn tempered_parts(node: &Node) -> Option<(&Alt, &Node)> {
+    let Node::Group {
+        kind: GroupKind::NonCapture,
+        body,
+        flags_on,
+        flags_off,
+    } = node
+    else {
+        return None;
+    };
+    if body.len() != 1 || body[0].len() != 2 || *flags_on != Flags::default() || *flags_off != Flags::default() {
+        return None;
+    }
+    let Node::Group {
+        kind: GroupKind::Look {
+            behind: false,
+            negate: true,
+        },
+        body: look,
+        ..
+    } = &body[0][0]
+    else {
+        return None;
+    };
+    matches!(body[0][1], Node::Any | Node::Class { .. } | Node::Perl(..) | Node::Char(_)).then_some((look, &body[0][1]))
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -821,7 +1134,8 @@ impl Emitter<'_> {
     }
 
     fn node(&mut self, n: &Node, flags: Flags, out: &mut String) {
-        let approx = self.target == Target::Approx;
+        let approx = matches!(self.target, Target::Approx | Target::Verified);
+        let verified = self.target == Target::Verified && !self.in_backref_copy;
         match n {
             Node::Char(c) => push_escaped(out, *c),
             Node::Any => out.push('.'),
@@ -872,9 +1186,37 @@ impl Emitter<'_> {
                 inner.m = (inner.m || flags_on.m) && !flags_off.m;
                 inner.s = (inner.s || flags_on.s) && !flags_off.s;
                 match kind {
+                    GroupKind::Look { behind, negate } if verified => {
+                        if self.rep_depth > 0 {
+                            self.unverifiable = true;
+                            out.push_str("(?:)");
+                            return;
+                        }
+                        match self.body_text(body, inner) {
+                            Some(text) => {
+                                let marker = self.marker(out);
+                                out.push(')');
+                                self.checks.push(CheckSpec::Look {
+                                    marker,
+                                    behind: *behind,
+                                    negate: *negate,
+                                    body: text,
+                                });
+                            }
+                            None => {
+                                self.unverifiable = true;
+                                out.push_str("(?:)");
+                            }
+                        }
+                        return;
+                    }
                     GroupKind::Look { .. } if approx => {
                         out.push_str("(?:)");
                         return;
+                    }
+                    GroupKind::Atomic if verified => {
+                        self.unverifiable = true;
+                        out.push_str("(?:");
                     }
                     GroupKind::Look { behind, negate } => out.push_str(match (behind, negate) {
                         (false, false) => "(?=",
@@ -882,12 +1224,21 @@ impl Emitter<'_> {
                         (true, false) => "(?<=",
                         (true, true) => "(?<!",
                     }),
-                    GroupKind::Capture(idx) if !self.in_backref_copy => match &self.pat.names[*idx] {
-                        Some(name) => {
-                            let _ = write!(out, "(?P<{name}>");
+                    GroupKind::Capture(idx) if !self.in_backref_copy => {
+                        let copy = self.py_to_rust[*idx].len();
+                        self.py_to_rust[*idx].push(self.groups);
+                        self.repeated[*idx] |= self.rep_depth > 0;
+                        self.groups += 1;
+                        match &self.pat.names[*idx] {
+                            Some(name) if copy == 0 => {
+                                let _ = write!(out, "(?P<{name}>");
+                            }
+                            Some(name) => {
+                                let _ = write!(out, "(?P<{name}__bhd{copy}>");
+                            }
+                            None => out.push('('),
                         }
-                        None => out.push('('),
-                    },
+                    }
                     GroupKind::Atomic if self.target == Target::Fancy => out.push_str("(?>"),
                     _ => {
                         let mut f = String::new();
@@ -913,7 +1264,25 @@ impl Emitter<'_> {
                 out.push(')');
             }
             Node::Cond { group, yes, no } => {
-                if approx {
+                if verified {
+                    if self.rep_depth > 0 {
+                        self.unverifiable = true;
+                    }
+                    out.push_str("(?:");
+                    let yes_marker = self.marker(out);
+                    for y in yes {
+                        self.node(y, flags, out);
+                    }
+                    out.push_str(")|(?:");
+                    for y in no {
+                        self.node(y, flags, out);
+                    }
+                    out.push_str("))");
+                    self.checks.push(CheckSpec::Cond {
+                        group: *group,
+                        yes: yes_marker,
+                    });
+                } else if approx {
                     out.push_str("(?:");
                     for y in yes {
                         self.node(y, flags, out);
@@ -936,7 +1305,23 @@ impl Emitter<'_> {
                 }
             }
             Node::Backref(g) => {
-                if approx {
+                if verified {
+                    if self.rep_depth > 0 {
+                        self.unverifiable = true;
+                    }
+                    let marker = self.marker(out);
+                    let saved = self.in_backref_copy;
+                    self.in_backref_copy = true;
+                    let body = self.pat.bodies[*g].clone();
+                    self.alt(&body, flags, out);
+                    self.in_backref_copy = saved;
+                    out.push(')');
+                    self.checks.push(CheckSpec::Backref {
+                        group: *g,
+                        marker,
+                        caseless: flags.i,
+                    });
+                } else if approx {
                     let saved = self.in_backref_copy;
                     self.in_backref_copy = true;
                     out.push_str("(?:");
@@ -956,12 +1341,32 @@ impl Emitter<'_> {
                 possessive,
             } => {
                 let atomic_wrap = *possessive && self.target == Target::Fancy;
-                if atomic_wrap {
-                    out.push_str("(?>");
+                if *possessive && verified {
+                    self.unverifiable = true;
                 }
-                out.push_str("(?:");
-                self.node(node, flags, out);
-                out.push(')');
+                let tempered = if verified && self.rep_depth == 0 { tempered_parts(node) } else { None };
+                let tempered = tempered.and_then(|(look, c)| self.body_text(look, flags).map(|b| (b, c)));
+                let mut tempered_marker = None;
+                if let Some((body, c)) = tempered {
+                    let marker = self.marker(out);
+                    tempered_marker = Some(marker);
+                    self.checks.push(CheckSpec::Tempered { marker, body });
+                    out.push_str("(?:");
+                    self.node(c, flags, out);
+                    out.push(')');
+                } else {
+                    if atomic_wrap {
+                        out.push_str("(?>");
+                    }
+                    out.push_str("(?:");
+                    // an optional item (at most once) keeps simple capture
+                    // semantics: it took part in the match or it did not
+                    let repeats = *max != Some(1);
+                    self.rep_depth += usize::from(repeats);
+                    self.node(node, flags, out);
+                    self.rep_depth -= usize::from(repeats);
+                    out.push(')');
+                }
                 match (min, max) {
                     (0, None) => out.push('*'),
                     (1, None) => out.push('+'),
@@ -979,7 +1384,7 @@ impl Emitter<'_> {
                 if !greedy {
                     out.push('?');
                 }
-                if atomic_wrap {
+                if tempered_marker.is_some() || atomic_wrap {
                     out.push(')');
                 }
             }
@@ -994,6 +1399,8 @@ pub const BACKTRACK_LIMIT: usize = 1_000_000;
 /// A compiled pattern on the best engine it allows.
 #[derive(Debug)]
 pub struct Pattern {
+    /// Unique per compiled pattern: keys its capture buffers in [`Slots`].
+    id: usize,
     source: String,
     engine: Engine,
     names: Vec<Option<String>>,
@@ -1006,17 +1413,168 @@ enum Engine {
         exact: Box<fancy_regex::Regex>,
         approx: regex::Regex,
     },
+    /// Look-around, conditionals and back-references checked after a
+    /// `regex`-crate match of the over-approximation; the backtracking
+    /// engine runs only when a check fails (the fast path's highest-priority
+    /// match was not a match of the original pattern).
+    Verified {
+        approx: regex::Regex,
+        checks: Vec<Check>,
+        /// Python group number -> group numbers in `approx`.
+        map: Vec<Vec<usize>>,
+        exact: Box<fancy_regex::Regex>,
+    },
+}
+
+/// The span of Python group `g` in a `Verified` match.
+fn mapped(locs: &regex::CaptureLocations, map: &[Vec<usize>], g: usize) -> Option<(usize, usize)> {
+    if g == 0 {
+        return locs.get(0);
+    }
+    map.get(g)?.iter().find_map(|&r| locs.get(r))
+}
+
+#[derive(Debug)]
+enum Check {
+    Cond { group: usize, yes: usize },
+    Backref { group: usize, marker: usize, caseless: bool },
+    Ahead { marker: usize, negate: bool, re: regex_automata::meta::Regex },
+    Behind { marker: usize, negate: bool, re: regex_automata::meta::Regex },
+    Tempered { marker: usize, test: Tempered },
+}
+
+#[derive(Debug)]
+enum Tempered {
+    Literal(memchr::memmem::Finder<'static>),
+    Regex(regex_automata::meta::Regex),
+}
+
+fn starts_here(re: &regex_automata::meta::Regex, hay: &str, at: usize) -> bool {
+    let input = regex_automata::Input::new(hay)
+        .range(at..)
+        .anchored(regex_automata::Anchored::Yes);
+    re.search_half(&input).is_some()
+}
+
+impl Check {
+    fn holds(&self, hay: &str, locs: &regex::CaptureLocations, map: &[Vec<usize>]) -> bool {
+        match self {
+            Check::Cond { group, yes } => mapped(locs, map, *group).is_some() == locs.get(*yes).is_some(),
+            Check::Backref { group, marker, caseless } => {
+                let (Some((gs, ge)), Some((ms, me))) = (mapped(locs, map, *group), locs.get(*marker)) else {
+                    return false;
+                };
+                let (a, b) = (&hay[gs..ge], &hay[ms..me]);
+                if *caseless {
+                    a.to_lowercase() == b.to_lowercase()
+                } else {
+                    a == b
+                }
+            }
+            Check::Ahead { marker, negate, re } => match locs.get(*marker) {
+                Some((p, _)) => starts_here(re, hay, p) != *negate,
+                None => true,
+            },
+            Check::Behind { marker, negate, re } => match locs.get(*marker) {
+                Some((p, _)) => re.is_match(&hay[..p]) != *negate,
+                None => true,
+            },
+            Check::Tempered { marker, test } => {
+                let Some((s, e)) = locs.get(*marker) else {
+                    return true;
+                };
+                match test {
+                    Tempered::Literal(f) => {
+                        let end = (e + f.needle().len()).saturating_sub(1).min(hay.len());
+                        s >= end || f.find(&hay.as_bytes()[s..end]).is_none_or(|p| s + p >= e)
+                    }
+                    Tempered::Regex(re) => {
+                        let mut p = s;
+                        while p < e {
+                            if starts_here(re, hay, p) {
+                                return false;
+                            }
+                            p += hay[p..].chars().next().map_or(1, char::len_utf8);
+                        }
+                        true
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn build_meta(pattern: &str, src: &str) -> Result<regex_automata::meta::Regex, PatternError> {
+    regex_automata::meta::Regex::new(pattern).map_err(|e| PatternError::Compile {
+        pattern: src.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+fn compile_check(spec: CheckSpec, src: &str) -> Result<Check, PatternError> {
+    Ok(match spec {
+        CheckSpec::Cond { group, yes } => Check::Cond { group, yes },
+        CheckSpec::Backref { group, marker, caseless } => Check::Backref { group, marker, caseless },
+        CheckSpec::Look {
+            marker,
+            behind: false,
+            negate,
+            body,
+        } => Check::Ahead {
+            marker,
+            negate,
+            re: build_meta(&body, src)?,
+        },
+        CheckSpec::Look {
+            marker,
+            behind: true,
+            negate,
+            body,
+        } => Check::Behind {
+            marker,
+            negate,
+            re: build_meta(&format!("{body}\\z"), src)?,
+        },
+        CheckSpec::Tempered { marker, body } => {
+            let literal = regex_syntax::Parser::new().parse(&body).ok().and_then(|h| match h.kind() {
+                regex_syntax::hir::HirKind::Literal(l) => Some(l.0.to_vec()),
+                _ => None,
+            });
+            let test = match literal {
+                Some(l) if !l.is_empty() => Tempered::Literal(memchr::memmem::Finder::new(&l).into_owned()),
+                _ => Tempered::Regex(build_meta(&body, src)?),
+            };
+            Check::Tempered { marker, test }
+        }
+    })
 }
 
 /// Match positions by Python group number (0 = whole match), reused across
 /// searches so that matching allocates nothing once warmed up.
 #[derive(Debug, Default)]
 pub struct Slots {
-    std: Option<regex::CaptureLocations>,
+    /// Capture buffers of the `regex`-crate patterns used with these slots,
+    /// by pattern id (a buffer belongs to the regex that made it).
+    locs: Vec<(usize, regex::CaptureLocations)>,
     spans: Vec<Option<(usize, usize)>>,
+    /// Searches abandoned at the backtracking limit (treated as no match).
+    pub backtrack_limit_hits: u64,
+    /// Fast-path matches that failed a check and went to the backtracker.
+    pub fallbacks: u64,
 }
 
 impl Slots {
+    /// Index in `locs` of the capture buffer of pattern `id`.
+    fn locations(&mut self, id: usize, re: &regex::Regex) -> usize {
+        match self.locs.iter().position(|(i, _)| *i == id) {
+            Some(p) => p,
+            None => {
+                self.locs.push((id, re.capture_locations()));
+                self.locs.len() - 1
+            }
+        }
+    }
+
     pub fn get(&self, group: usize) -> Option<(usize, usize)> {
         self.spans.get(group).copied().flatten()
     }
@@ -1042,22 +1600,33 @@ impl Pattern {
         let py = PyPattern::parse(src)?;
         let engine = if py.needs_fancy() {
             let fancy_src = py.emit(Target::Fancy, multiline);
-            let exact = fancy_regex::RegexBuilder::new(&fancy_src)
-                .backtrack_limit(BACKTRACK_LIMIT)
-                .build()
-                .map_err(|e| PatternError::Compile {
-                    pattern: src.to_string(),
-                    msg: e.to_string(),
-                })?;
-            let approx = build_std(&py.emit(Target::Approx, multiline), src)?;
-            Engine::Fancy {
-                exact: Box::new(exact),
-                approx,
+            let exact = Box::new(
+                fancy_regex::RegexBuilder::new(&fancy_src)
+                    .backtrack_limit(BACKTRACK_LIMIT)
+                    .build()
+                    .map_err(|e| PatternError::Compile {
+                        pattern: src.to_string(),
+                        msg: e.to_string(),
+                    })?,
+            );
+            match py.emit_verified(multiline) {
+                Some((text, specs, map)) => Engine::Verified {
+                    approx: build_std(&text, src)?,
+                    checks: specs.into_iter().map(|c| compile_check(c, src)).collect::<Result<_, _>>()?,
+                    map,
+                    exact,
+                },
+                None => Engine::Fancy {
+                    exact,
+                    approx: build_std(&py.emit(Target::Approx, multiline), src)?,
+                },
             }
         } else {
             Engine::Std(build_std(&py.emit(Target::Std, multiline), src)?)
         };
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         Ok(Pattern {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             source: src.to_string(),
             engine,
             names: py.names,
@@ -1070,6 +1639,12 @@ impl Pattern {
 
     /// True if the backtracking engine is in use.
     pub fn is_fancy(&self) -> bool {
+        !matches!(self.engine, Engine::Std(_))
+    }
+
+    /// True if the backtracking engine runs on every candidate (look-around
+    /// or back-references the fast path cannot check).
+    pub fn is_backtracking_only(&self) -> bool {
         matches!(self.engine, Engine::Fancy { .. })
     }
 
@@ -1077,7 +1652,7 @@ impl Pattern {
     pub fn std_regex(&self) -> &regex::Regex {
         match &self.engine {
             Engine::Std(r) => r,
-            Engine::Fancy { approx, .. } => approx,
+            Engine::Fancy { approx, .. } | Engine::Verified { approx, .. } => approx,
         }
     }
 
@@ -1097,7 +1672,9 @@ impl Pattern {
     pub fn is_match(&self, hay: &str) -> bool {
         match &self.engine {
             Engine::Std(r) => r.is_match(hay),
-            Engine::Fancy { exact, approx } => approx.is_match(hay) && exact.is_match(hay).unwrap_or(false),
+            Engine::Fancy { exact, approx } | Engine::Verified { exact, approx, .. } => {
+                approx.is_match(hay) && exact.is_match(hay).unwrap_or(false)
+            }
         }
     }
 
@@ -1107,31 +1684,54 @@ impl Pattern {
         slots.spans.clear();
         match &self.engine {
             Engine::Std(r) => {
-                let locs = slots.std.get_or_insert_with(|| r.capture_locations());
-                if locs.len() != self.names.len() {
-                    *locs = r.capture_locations();
-                }
+                let pos = slots.locations(self.id, r);
+                let locs = &mut slots.locs[pos].1;
                 if r.captures_read_at(locs, hay, start).is_none() {
                     return false;
                 }
-                for i in 0..self.names.len() {
-                    slots.spans.push(locs.get(i));
-                }
+                slots.spans.extend((0..self.names.len()).map(|i| locs.get(i)));
                 true
             }
             Engine::Fancy { exact, approx } => {
                 if !approx.is_match_at(hay, start) {
                     return false;
                 }
-                match exact.captures_from_pos(hay, start) {
-                    Ok(Some(caps)) => {
-                        for i in 0..self.names.len() {
-                            slots.spans.push(caps.get(i).map(|m| (m.start(), m.end())));
-                        }
-                        true
-                    }
-                    _ => false,
+                self.backtrack(exact, hay, start, slots)
+            }
+            Engine::Verified {
+                approx,
+                checks,
+                map,
+                exact,
+            } => {
+                let pos = slots.locations(self.id, approx);
+                let locs = &mut slots.locs[pos].1;
+                if approx.captures_read_at(locs, hay, start).is_none() {
+                    return false;
                 }
+                if checks.iter().all(|c| c.holds(hay, locs, map)) {
+                    slots.spans.extend((0..self.names.len()).map(|g| mapped(locs, map, g)));
+                    return true;
+                }
+                slots.fallbacks += 1;
+                self.backtrack(exact, hay, start, slots)
+            }
+        }
+    }
+
+    fn backtrack(&self, exact: &fancy_regex::Regex, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        slots.spans.clear();
+        match exact.captures_from_pos(hay, start) {
+            Ok(Some(caps)) => {
+                for i in 0..self.names.len() {
+                    slots.spans.push(caps.get(i).map(|m| (m.start(), m.end())));
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(_) => {
+                slots.backtrack_limit_hits += 1;
+                false
             }
         }
     }
