@@ -1408,17 +1408,17 @@ pub struct Pattern {
 
 #[derive(Debug)]
 enum Engine {
-    Std(regex::Regex),
+    Std(FastRegex),
     Fancy {
         exact: Box<fancy_regex::Regex>,
-        approx: regex::Regex,
+        approx: FastRegex,
     },
     /// Look-around, conditionals and back-references checked after a
     /// `regex`-crate match of the over-approximation; the backtracking
     /// engine runs only when a check fails (the fast path's highest-priority
     /// match was not a match of the original pattern).
     Verified {
-        approx: regex::Regex,
+        approx: FastRegex,
         checks: Vec<Check>,
         /// Python group number -> group numbers in `approx`.
         map: Vec<Vec<usize>>,
@@ -1427,11 +1427,11 @@ enum Engine {
 }
 
 /// The span of Python group `g` in a `Verified` match.
-fn mapped(locs: &regex::CaptureLocations, map: &[Vec<usize>], g: usize) -> Option<(usize, usize)> {
+fn mapped(raw: &[Option<(usize, usize)>], map: &[Vec<usize>], g: usize) -> Option<(usize, usize)> {
     if g == 0 {
-        return locs.get(0);
+        return raw.first().copied().flatten();
     }
-    map.get(g)?.iter().find_map(|&r| locs.get(r))
+    map.get(g)?.iter().find_map(|&r| raw.get(r).copied().flatten())
 }
 
 #[derive(Debug)]
@@ -1457,11 +1457,12 @@ fn starts_here(re: &regex_automata::meta::Regex, hay: &str, at: usize) -> bool {
 }
 
 impl Check {
-    fn holds(&self, hay: &str, locs: &regex::CaptureLocations, map: &[Vec<usize>]) -> bool {
+    fn holds(&self, hay: &str, raw: &[Option<(usize, usize)>], map: &[Vec<usize>]) -> bool {
+        let get = |i: usize| raw.get(i).copied().flatten();
         match self {
-            Check::Cond { group, yes } => mapped(locs, map, *group).is_some() == locs.get(*yes).is_some(),
+            Check::Cond { group, yes } => mapped(raw, map, *group).is_some() == get(*yes).is_some(),
             Check::Backref { group, marker, caseless } => {
-                let (Some((gs, ge)), Some((ms, me))) = (mapped(locs, map, *group), locs.get(*marker)) else {
+                let (Some((gs, ge)), Some((ms, me))) = (mapped(raw, map, *group), get(*marker)) else {
                     return false;
                 };
                 let (a, b) = (&hay[gs..ge], &hay[ms..me]);
@@ -1471,16 +1472,16 @@ impl Check {
                     a == b
                 }
             }
-            Check::Ahead { marker, negate, re } => match locs.get(*marker) {
+            Check::Ahead { marker, negate, re } => match get(*marker) {
                 Some((p, _)) => starts_here(re, hay, p) != *negate,
                 None => true,
             },
-            Check::Behind { marker, negate, re } => match locs.get(*marker) {
+            Check::Behind { marker, negate, re } => match get(*marker) {
                 Some((p, _)) => re.is_match(&hay[..p]) != *negate,
                 None => true,
             },
             Check::Tempered { marker, test } => {
-                let Some((s, e)) = locs.get(*marker) else {
+                let Some((s, e)) = get(*marker) else {
                     return true;
                 };
                 match test {
@@ -1556,6 +1557,10 @@ pub struct Slots {
     /// Capture buffers of the `regex`-crate patterns used with these slots,
     /// by pattern id (a buffer belongs to the regex that made it).
     locs: Vec<(usize, regex::CaptureLocations)>,
+    blocs: Vec<(usize, regex::bytes::CaptureLocations)>,
+    /// Group spans of the last fast-path search, in the engine's numbering.
+    raw: Vec<Option<(usize, usize)>>,
+    caches: Vec<SpanCache>,
     spans: Vec<Option<(usize, usize)>>,
     /// Searches abandoned at the backtracking limit (treated as no match).
     pub backtrack_limit_hits: u64,
@@ -1564,6 +1569,19 @@ pub struct Slots {
 }
 
 impl Slots {
+    fn cache_index(&mut self, id: usize) -> usize {
+        match self.caches.iter().position(|c| c.id == id) {
+            Some(p) => p,
+            None => {
+                self.caches.push(SpanCache {
+                    id,
+                    ..SpanCache::default()
+                });
+                self.caches.len() - 1
+            }
+        }
+    }
+
     /// Index in `locs` of the capture buffer of pattern `id`.
     fn locations(&mut self, id: usize, re: &regex::Regex) -> usize {
         match self.locs.iter().position(|(i, _)| *i == id) {
@@ -1580,6 +1598,166 @@ impl Slots {
     }
     pub fn text<'h>(&self, hay: &'h str, group: usize) -> Option<&'h str> {
         self.get(group).map(|(s, e)| &hay[s..e])
+    }
+}
+
+/// A `regex`-crate pattern, plus an ASCII-only build of it used when the
+/// haystack is ASCII: on ASCII text both match exactly alike (Unicode
+/// classes and case folding differ only on non-ASCII characters), and the
+/// ASCII automata are several times smaller and faster.
+#[derive(Debug)]
+struct FastRegex {
+    uni: regex::Regex,
+    ascii: Option<regex::bytes::Regex>,
+}
+
+impl FastRegex {
+    fn new(pattern: &str, src: &str) -> Result<FastRegex, PatternError> {
+        let ascii = regex::bytes::RegexBuilder::new(pattern)
+            .unicode(false)
+            .size_limit(64 << 20)
+            .dfa_size_limit(16 << 20)
+            .build()
+            .ok();
+        Ok(FastRegex {
+            uni: build_std(pattern, src)?,
+            ascii,
+        })
+    }
+
+    fn is_match_at(&self, hay: &str, start: usize) -> bool {
+        match &self.ascii {
+            Some(a) if hay.is_ascii() => a.is_match_at(hay.as_bytes(), start),
+            _ => self.uni.is_match_at(hay, start),
+        }
+    }
+
+    fn find_at(&self, hay: &str, start: usize) -> Option<(usize, usize)> {
+        match &self.ascii {
+            Some(a) if hay.is_ascii() => a.find_at(hay.as_bytes(), start).map(|m| (m.start(), m.end())),
+            _ => self.uni.find_at(hay, start).map(|m| (m.start(), m.end())),
+        }
+    }
+
+    /// Fills `slots.raw` with the spans of every group; false if no match.
+    ///
+    /// The groups of a match depend only on the matched text and the one
+    /// character on each side of it (all assertions of these patterns look
+    /// at no more), so a pattern that keeps matching the same text (a
+    /// timestamp shared by consecutive lines, the same syslog prefix) gets
+    /// its groups from the last match instead of the capture engine. The
+    /// cache switches itself off for patterns where it rarely hits.
+    fn captures_at(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        slots.raw.clear();
+        let ci = slots.cache_index(id);
+        if slots.caches[ci].enabled() {
+            let Some((ms, me)) = self.find_at(hay, start) else {
+                return false;
+            };
+            let key = SpanKey::of(hay, ms, me);
+            if slots.caches[ci].lookup(&key, hay, ms, me) {
+                let c = &slots.caches[ci];
+                slots.raw.extend(c.rel.iter().map(|r| r.map(|(a, b)| (a + ms, b + ms))));
+                return true;
+            }
+            if !self.engine_captures(id, hay, ms, slots) {
+                return false;
+            }
+            let raw = std::mem::take(&mut slots.raw);
+            slots.caches[ci].store(key, hay, ms, me, &raw);
+            slots.raw = raw;
+            return true;
+        }
+        self.engine_captures(id, hay, start, slots)
+    }
+
+    fn engine_captures(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        slots.raw.clear();
+        match &self.ascii {
+            Some(a) if hay.is_ascii() => {
+                let pos = match slots.blocs.iter().position(|(i, _)| *i == id) {
+                    Some(p) => p,
+                    None => {
+                        slots.blocs.push((id, a.capture_locations()));
+                        slots.blocs.len() - 1
+                    }
+                };
+                let locs = &mut slots.blocs[pos].1;
+                if a.captures_read_at(locs, hay.as_bytes(), start).is_none() {
+                    return false;
+                }
+                slots.raw.extend((0..locs.len()).map(|i| locs.get(i)));
+            }
+            _ => {
+                let pos = slots.locations(id, &self.uni);
+                let locs = &mut slots.locs[pos].1;
+                if self.uni.captures_read_at(locs, hay, start).is_none() {
+                    return false;
+                }
+                slots.raw.extend((0..locs.len()).map(|i| locs.get(i)));
+            }
+        }
+        true
+    }
+}
+
+/// The context that decides the groups of a match: the text and the
+/// characters around it (`None` at the ends of the haystack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SpanKey {
+    before: Option<char>,
+    after: Option<char>,
+    len: usize,
+}
+
+impl SpanKey {
+    fn of(hay: &str, s: usize, e: usize) -> SpanKey {
+        SpanKey {
+            before: hay[..s].chars().next_back(),
+            after: hay[e..].chars().next(),
+            len: e - s,
+        }
+    }
+}
+
+/// One remembered match of one pattern.
+#[derive(Debug, Default)]
+struct SpanCache {
+    id: usize,
+    key: SpanKey,
+    text: String,
+    /// Group spans relative to the match start.
+    rel: Vec<Option<(usize, usize)>>,
+    valid: bool,
+    lookups: u32,
+    hits: u32,
+    off: bool,
+}
+
+impl SpanCache {
+    fn enabled(&self) -> bool {
+        !self.off
+    }
+    fn lookup(&mut self, key: &SpanKey, hay: &str, s: usize, e: usize) -> bool {
+        self.lookups += 1;
+        let hit = self.valid && self.key == *key && self.text == hay[s..e];
+        if hit {
+            self.hits += 1;
+        } else if self.lookups >= 256 {
+            // fewer than one hit in four: not worth the extra search
+            self.off = self.hits * 4 < self.lookups;
+            self.lookups = 0;
+            self.hits = 0;
+        }
+        hit
+    }
+    fn store(&mut self, key: SpanKey, hay: &str, s: usize, e: usize, raw: &[Option<(usize, usize)>]) {
+        self.key = key;
+        self.text.clear();
+        self.text.push_str(&hay[s..e]);
+        self.rel.clear();
+        self.rel.extend(raw.iter().map(|r| r.map(|(a, b)| (a - s, b - s))));
+        self.valid = true;
     }
 }
 
@@ -1611,18 +1789,18 @@ impl Pattern {
             );
             match py.emit_verified(multiline) {
                 Some((text, specs, map)) => Engine::Verified {
-                    approx: build_std(&text, src)?,
+                    approx: FastRegex::new(&text, src)?,
                     checks: specs.into_iter().map(|c| compile_check(c, src)).collect::<Result<_, _>>()?,
                     map,
                     exact,
                 },
                 None => Engine::Fancy {
                     exact,
-                    approx: build_std(&py.emit(Target::Approx, multiline), src)?,
+                    approx: FastRegex::new(&py.emit(Target::Approx, multiline), src)?,
                 },
             }
         } else {
-            Engine::Std(build_std(&py.emit(Target::Std, multiline), src)?)
+            Engine::Std(FastRegex::new(&py.emit(Target::Std, multiline), src)?)
         };
         static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         Ok(Pattern {
@@ -1651,8 +1829,8 @@ impl Pattern {
     /// The `regex`-crate pattern used (exact, or the over-approximation).
     pub fn std_regex(&self) -> &regex::Regex {
         match &self.engine {
-            Engine::Std(r) => r,
-            Engine::Fancy { approx, .. } | Engine::Verified { approx, .. } => approx,
+            Engine::Std(r) => &r.uni,
+            Engine::Fancy { approx, .. } | Engine::Verified { approx, .. } => &approx.uni,
         }
     }
 
@@ -1671,9 +1849,9 @@ impl Pattern {
 
     pub fn is_match(&self, hay: &str) -> bool {
         match &self.engine {
-            Engine::Std(r) => r.is_match(hay),
+            Engine::Std(r) => r.is_match_at(hay, 0),
             Engine::Fancy { exact, approx } | Engine::Verified { exact, approx, .. } => {
-                approx.is_match(hay) && exact.is_match(hay).unwrap_or(false)
+                approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false)
             }
         }
     }
@@ -1684,12 +1862,11 @@ impl Pattern {
         slots.spans.clear();
         match &self.engine {
             Engine::Std(r) => {
-                let pos = slots.locations(self.id, r);
-                let locs = &mut slots.locs[pos].1;
-                if r.captures_read_at(locs, hay, start).is_none() {
+                if !r.captures_at(self.id, hay, start, slots) {
                     return false;
                 }
-                slots.spans.extend((0..self.names.len()).map(|i| locs.get(i)));
+                let n = self.names.len();
+                slots.spans.extend(slots.raw.iter().take(n));
                 true
             }
             Engine::Fancy { exact, approx } => {
@@ -1704,13 +1881,12 @@ impl Pattern {
                 map,
                 exact,
             } => {
-                let pos = slots.locations(self.id, approx);
-                let locs = &mut slots.locs[pos].1;
-                if approx.captures_read_at(locs, hay, start).is_none() {
+                if !approx.captures_at(self.id, hay, start, slots) {
                     return false;
                 }
-                if checks.iter().all(|c| c.holds(hay, locs, map)) {
-                    slots.spans.extend((0..self.names.len()).map(|g| mapped(locs, map, g)));
+                if checks.iter().all(|c| c.holds(hay, &slots.raw, map)) {
+                    let raw = &slots.raw;
+                    slots.spans.extend((0..self.names.len()).map(|g| mapped(raw, map, g)));
                     return true;
                 }
                 slots.fallbacks += 1;
