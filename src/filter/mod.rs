@@ -76,16 +76,37 @@ impl TupleLine {
     }
 }
 
-/// Named groups of a match (Python's `groupdict`, plus merged values).
-pub type Groups = IndexMap<Arc<str>, Option<String>>;
+/// Named groups of a match (Python's `groupdict`, plus merged values):
+/// a handful of entries, so a small vector searched linearly.
+#[derive(Debug, Clone, Default)]
+pub struct Groups(Vec<(Arc<str>, Option<String>)>);
+
+impl Groups {
+    pub fn get(&self, name: &str) -> Option<&Option<String>> {
+        self.0.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+    }
+    pub fn insert(&mut self, name: Arc<str>, value: Option<String>) {
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+    pub fn remove(&mut self, name: &str) -> Option<Option<String>> {
+        let pos = self.0.iter().position(|(k, _)| &**k == name)?;
+        Some(self.0.remove(pos).1)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.0.iter().map(|(k, v)| (&**k, v.as_deref()))
+    }
+}
 
 /// The data of one failure (Fail2Ban's `fail` dict).
 #[derive(Debug, Clone, Default)]
 pub struct FailData {
     pub groups: Groups,
     /// The log lines that make up this failure.
-    pub matches: Vec<TupleLine>,
-    nofail_matches: Vec<TupleLine>,
+    pub matches: Vec<Arc<TupleLine>>,
+    nofail_matches: Vec<Arc<TupleLine>>,
     /// All users seen for this `<F-MLFID>` connection.
     pub users: Option<BTreeSet<String>>,
     mlfpending: bool,
@@ -103,11 +124,11 @@ impl FailData {
         truthy(self.groups.get(name))
     }
     fn pop(&mut self, name: &str) -> Option<Option<String>> {
-        self.groups.shift_remove(name)
+        self.groups.remove(name)
     }
     /// `dict.update` with the non-`None` values of `other`'s groups.
     fn update_non_none(&mut self, other: &FailData) {
-        for (k, v) in &other.groups {
+        for (k, v) in &other.groups.0 {
             if v.is_some() {
                 self.groups.insert(k.clone(), v.clone());
             }
@@ -235,11 +256,12 @@ impl CompiledRegex {
 
     /// `groupdict()` with `alt_` values merged.
     fn groups(&self, hay: &str, slots: &Slots) -> Groups {
-        let mut g: Groups = self
-            .named
-            .iter()
-            .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(str::to_string)))
-            .collect();
+        let mut g = Groups(
+            self.named
+                .iter()
+                .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(str::to_string)))
+                .collect(),
+        );
         for (i, target) in &self.alts {
             if let Some(v) = slots.text(hay, *i).filter(|v| !v.is_empty()) {
                 if !truthy(g.get(&**target)) {
@@ -431,7 +453,7 @@ pub struct LineInfo {
 pub struct FilterState {
     dates: DateState,
     current: TupleLine,
-    line_buffer: Vec<TupleLine>,
+    line_buffer: Vec<Arc<TupleLine>>,
     last_date: Option<f64>,
     last_time_text: String,
     mlfid: MlfidCache,
@@ -446,7 +468,7 @@ pub struct FilterState {
 
 /// Joins buffered lines as Fail2Ban hands them to regexes: each line
 /// without its date, `\n`-separated, with a final `\n`.
-fn join_lines(lines: &[TupleLine], out: &mut String) {
+fn join_lines(lines: &[Arc<TupleLine>], out: &mut String) {
     out.clear();
     for (i, l) in lines.iter().enumerate() {
         if i > 0 {
@@ -460,7 +482,13 @@ fn join_lines(lines: &[TupleLine], out: &mut String) {
 
 /// Fail2Ban's split of a buffer into the lines a match covered and the
 /// rest (minus lines consumed by `<SKIPLINES>`).
-fn split_matched(buf: &str, start: usize, end: usize, org: &[TupleLine], skipped: &[String]) -> (Vec<TupleLine>, Vec<TupleLine>) {
+fn split_matched(
+    buf: &str,
+    start: usize,
+    end: usize,
+    org: &[Arc<TupleLine>],
+    skipped: &[String],
+) -> (Vec<Arc<TupleLine>>, Vec<Arc<TupleLine>>) {
     if org.len() <= 1 {
         return (org.to_vec(), Vec::new());
     }
@@ -469,8 +497,8 @@ fn split_matched(buf: &str, start: usize, end: usize, org: &[TupleLine], skipped
     let line_end = buf[from..].find('\n').map_or(buf.len(), |p| from + p + 1);
     let c1 = buf[..line_start].matches('\n').count().min(org.len());
     let c2 = buf[..line_end].matches('\n').count().min(org.len()).max(c1);
-    let mut matched: Vec<TupleLine> = org[c1..c2].to_vec();
-    let mut unmatched: Vec<TupleLine> = org[..c1].to_vec();
+    let mut matched: Vec<Arc<TupleLine>> = org[c1..c2].to_vec();
+    let mut unmatched: Vec<Arc<TupleLine>> = org[..c1].to_vec();
     let mut n = 0;
     for s in skipped {
         if let Some(m) = matched[n.min(matched.len())..].iter().position(|l| l.stripped_eq(s)) {
@@ -557,7 +585,7 @@ impl FilterState {
     }
 
     /// Runs ignoreregexes; returns the first that matched.
-    fn ignore_line(&mut self, filter: &Filter, buf: &str, matched_lines: Option<Vec<TupleLine>>) -> Option<usize> {
+    fn ignore_line(&mut self, filter: &Filter, buf: &str, matched_lines: Option<&[Arc<TupleLine>]>) -> Option<usize> {
         let owned;
         let hay: &str = match &matched_lines {
             Some(lines) if filter.maxlines > 1 => {
@@ -607,9 +635,11 @@ impl FilterState {
         self.info.ignored_by.clear();
         let check_all = filter.options.check_all;
         let multi = filter.maxlines > 1;
-        let org: Vec<TupleLine>;
+        // the lines a match is made of: in single-line mode the current
+        // line, shared (made once, only if some regex matches)
+        let mut org: Vec<Arc<TupleLine>>;
         if multi {
-            self.line_buffer.push(current.clone());
+            self.line_buffer.push(Arc::new(current.clone()));
             let excess = self.line_buffer.len().saturating_sub(filter.maxlines);
             self.line_buffer.drain(..excess);
             org = self.line_buffer.clone();
@@ -621,7 +651,6 @@ impl FilterState {
             buf.push_str(&current.post);
             buf.push('\n');
         }
-        let org_lines: &[TupleLine] = if multi { &org } else { std::slice::from_ref(current) };
 
         if !filter.ignoreregex.is_empty()
             && (filter.ignoreregex.len() as isize) < (filter.failregex.len() as isize - 2)
@@ -639,17 +668,17 @@ impl FilterState {
             }
             self.info.prefregex_matched = true;
             let mut g = pref.groups(buf, &self.slots);
-            if let Some(Some(c)) = g.shift_remove("content") {
+            if let Some(Some(c)) = g.remove("content") {
                 if !c.is_empty() {
                     if let Some(idx) = pref.pattern.group_index("content") {
                         content = self.slots.get(idx);
                     }
                     if multi {
-                        self.line_buffer = vec![TupleLine {
+                        self.line_buffer = vec![Arc::new(TupleLine {
                             pre: String::new(),
                             date: String::new(),
                             post: c,
-                        }];
+                        })];
                     }
                 }
             }
@@ -703,8 +732,11 @@ impl FilterState {
                 ..FailData::default()
             };
             let skipped = if multi { fr.skipped_lines(hay, &self.slots) } else { Vec::new() };
-            let (matched, unmatched) = split_matched(hay, ms, me, org_lines, &skipped);
-            if !filter.ignoreregex.is_empty() && self.ignore_line(filter, hay, Some(matched.clone())).is_some() {
+            if !multi && org.is_empty() {
+                org.push(Arc::new(current.clone()));
+            }
+            let (matched, unmatched) = split_matched(hay, ms, me, &org, &skipped);
+            if !filter.ignoreregex.is_empty() && self.ignore_line(filter, hay, Some(&matched)).is_some() {
                 if !check_all || multi {
                     if multi {
                         self.line_buffer = unmatched;
@@ -728,7 +760,7 @@ impl FilterState {
             }
             if let Some(pre) = &pre_groups {
                 let mut merged = pre.clone();
-                for (k, v) in fail.groups.drain(..) {
+                for (k, v) in std::mem::take(&mut fail.groups.0) {
                     merged.insert(k, v);
                 }
                 fail.groups = merged;
@@ -800,7 +832,7 @@ impl FilterState {
     /// Fail2Ban's `_mergeFailure`: combines a failure with what is known
     /// about its `<F-MLFID>` connection. Returns the merged data and whether
     /// it is (still) cached.
-    fn merge_failure(&mut self, mlfid: &str, mut fail: FailData, matched: &[TupleLine], now: f64) -> (FailData, bool) {
+    fn merge_failure(&mut self, mlfid: &str, mut fail: FailData, matched: &[Arc<TupleLine>], now: f64) -> (FailData, bool) {
         let mut flags = 0u8;
         if fail.truthy("mlfgained") {
             flags |= 8 | 1;
@@ -814,12 +846,15 @@ impl FilterState {
         if truthy(fail.pop("mlfforget").as_ref()) {
             flags |= 2;
         }
+        let user = fail.get("user").map(str::to_string);
+        let forget = flags & 2 != 0;
         let users;
-        let in_cache;
-        let mut fail = match self.mlfid.get(mlfid, now) {
-            Some(entry) => {
-                let mut g = entry.data.clone();
-                users = g.update_users(fail.get("user").map(str::to_string));
+        // the merged data: the cached entry updated in place, or this failure
+        let mut entry = self.mlfid.get(mlfid, now).map(|e| &mut e.data);
+        let was_cached = entry.is_some();
+        let merged: &mut FailData = match entry.as_deref_mut() {
+            Some(g) => {
+                users = g.update_users(user);
                 if truthy(g.pop("nofail").as_ref()) {
                     flags |= 4;
                 }
@@ -833,47 +868,39 @@ impl FilterState {
                     g.matches.clear();
                 }
                 g.update_non_none(&fail);
-                if flags & 2 != 0 {
-                    self.mlfid.entries.shift_remove(mlfid);
-                    in_cache = false;
-                } else {
-                    in_cache = true;
-                }
                 g
             }
-            None if flags & 2 == 0 => {
-                users = fail.update_users(fail.get("user").map(str::to_string));
-                self.mlfid.set(mlfid, fail.clone(), now);
-                in_cache = true;
-                fail
-            }
             None => {
-                users = None;
-                in_cache = false;
-                fail
+                users = if forget { None } else { fail.update_users(user) };
+                &mut fail
             }
         };
-        let pending = std::mem::take(&mut fail.mlfpending);
+        let pending = std::mem::take(&mut merged.mlfpending);
         if pending || users.is_some_and(|u| u.len() > 1) {
-            fail.pop("nofail");
-            fail.pop("mlfgained");
+            merged.pop("nofail");
+            merged.pop("mlfgained");
             flags &= !(8 | 1);
         }
         if flags & 1 == 0 {
-            let mut m = std::mem::take(&mut fail.nofail_matches);
-            m.extend(fail.matches.iter().cloned());
+            let mut m = std::mem::take(&mut merged.nofail_matches);
+            m.append(&mut merged.matches);
             if flags & 8 == 0 {
                 m.extend(matched.iter().cloned());
             }
-            fail.matches = m;
+            merged.matches = m;
         } else if flags & 3 == 1 {
-            fail.nofail_matches.extend(matched.iter().cloned());
+            merged.nofail_matches.extend(matched.iter().cloned());
         }
-        if in_cache {
-            if let Some(e) = self.mlfid.get(mlfid, now) {
-                e.data = fail.clone();
+        if was_cached {
+            let result = merged.clone();
+            if forget {
+                self.mlfid.entries.shift_remove(mlfid);
             }
+            return (result, !forget);
         }
-        (fail, in_cache)
+        if !forget {
+            self.mlfid.set(mlfid, fail.clone(), now);
+        }
+        (fail, !forget)
     }
 }
