@@ -1404,6 +1404,71 @@ pub struct Pattern {
     source: String,
     engine: Engine,
     names: Vec<Option<String>>,
+    tail: Option<TailGroup>,
+}
+
+/// A pattern that ends in `(?P<g>.+)$` or `(?P<g>.*)$` (Fail2Ban's
+/// `<F-CONTENT>.+</F-CONTENT>$` prefregex idiom). On a single line the
+/// tail always runs to the end of the line, so only the part before it is
+/// matched with captures, and `g` is the rest of the line: the capture
+/// engine reads a short prefix instead of the whole line.
+#[derive(Debug)]
+struct TailGroup {
+    /// The pattern without the tail (with one `.` if the tail needs a character).
+    head: FastRegex,
+    head_id: usize,
+    group: usize,
+    needs_char: bool,
+}
+
+impl PyPattern {
+    /// (head pattern, tail group, tail needs a character) if the pattern
+    /// ends with a greedy dot-star group followed by `$` (not multi-line).
+    fn split_tail(&self, multiline: bool) -> Option<(PyPattern, usize, bool)> {
+        if self.root.len() != 1 || self.flags.m || self.flags.s || multiline {
+            return None;
+        }
+        let seq = &self.root[0];
+        let [.., group, Node::LineEnd] = seq.as_slice() else {
+            return None;
+        };
+        let Node::Group {
+            kind: GroupKind::Capture(g),
+            body,
+            flags_on,
+            flags_off,
+        } = group
+        else {
+            return None;
+        };
+        if *g + 1 != self.names.len() || *flags_on != Flags::default() || *flags_off != Flags::default() || body.len() != 1 {
+            return None;
+        }
+        let [Node::Repeat {
+            node,
+            min,
+            max: None,
+            greedy: true,
+            possessive: false,
+        }] = body[0].as_slice()
+        else {
+            return None;
+        };
+        if !matches!(**node, Node::Any) || *min > 1 {
+            return None;
+        }
+        let mut head_seq: Concat = seq[..seq.len() - 2].to_vec();
+        if *min == 1 {
+            head_seq.push(Node::Any);
+        }
+        let head = PyPattern {
+            root: vec![head_seq],
+            flags: self.flags,
+            names: self.names[..*g].to_vec(),
+            bodies: self.bodies[..*g].to_vec(),
+        };
+        (!head.needs_fancy()).then_some((head, *g, *min == 1))
+    }
 }
 
 #[derive(Debug)]
@@ -1803,8 +1868,19 @@ impl Pattern {
             Engine::Std(FastRegex::new(&py.emit(Target::Std, multiline), src)?)
         };
         static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let next_id = || NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tail = match py.split_tail(multiline) {
+            Some((head, group, needs_char)) => Some(TailGroup {
+                head: FastRegex::new(&head.emit(Target::Std, false), src)?,
+                head_id: next_id(),
+                group,
+                needs_char,
+            }),
+            None => None,
+        };
         Ok(Pattern {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: next_id(),
+            tail,
             source: src.to_string(),
             engine,
             names: py.names,
@@ -1860,6 +1936,29 @@ impl Pattern {
     /// if the backtracking engine gave up: see [`BACKTRACK_LIMIT`]).
     pub fn search_at(&self, hay: &str, start: usize, slots: &mut Slots) -> bool {
         slots.spans.clear();
+        if let Some(t) = &self.tail {
+            // valid when the haystack is one line: no `\n` but a final one
+            let nl = memchr::memchr(b'\n', hay.as_bytes());
+            if nl.is_none_or(|p| p + 1 == hay.len()) {
+                if !t.head.captures_at(t.head_id, hay, start, slots) {
+                    return false;
+                }
+                let line_end = nl.unwrap_or(hay.len());
+                let Some((ms, me)) = slots.raw.first().copied().flatten() else {
+                    return false;
+                };
+                let content_start = if t.needs_char {
+                    me - hay[..me].chars().next_back().map_or(0, char::len_utf8)
+                } else {
+                    me
+                };
+                slots.spans.push(Some((ms, line_end)));
+                let raw = &slots.raw;
+                slots.spans.extend((1..t.group).map(|i| raw.get(i).copied().flatten()));
+                slots.spans.push(Some((content_start, line_end)));
+                return true;
+            }
+        }
         match &self.engine {
             Engine::Std(r) => {
                 if !r.captures_at(self.id, hay, start, slots) {
