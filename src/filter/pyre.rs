@@ -870,6 +870,11 @@ pub fn glob_to_local_flags(pattern: &str) -> String {
 }
 
 impl PyPattern {
+    /// The `Verified` text (for benchmarks and debugging).
+    pub fn debug_verified(&self, multiline: bool) -> String {
+        self.emit_verified(multiline).map(|v| v.0).unwrap_or_default()
+    }
+
     pub fn parse(src: &str) -> Result<PyPattern, PatternError> {
         let mut p = Parser {
             src,
