@@ -8,7 +8,8 @@
 //! (case-insensitive parts, classes only) is always a candidate.
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex_syntax::hir::{Hir, HirKind};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Hir, HirKind, Look};
 
 /// Literals of which every match contains at least one; `None` if nothing
 /// useful can be said.
@@ -57,10 +58,27 @@ fn score(set: &[Vec<u8>]) -> (usize, std::cmp::Reverse<usize>) {
     (shortest.min(8), std::cmp::Reverse(set.len()))
 }
 
-/// Candidate selection for a list of regexes.
+/// For a regex anchored at the start of the text: the literals one of
+/// which every match starts with.
+fn anchored_prefixes(h: &Hir) -> Option<Vec<Vec<u8>>> {
+    if !h.properties().look_set_prefix().contains(Look::Start) {
+        return None;
+    }
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(h);
+    let lits = seq.literals()?;
+    let set: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_vec()).collect();
+    (!set.is_empty() && set.iter().all(|l| !l.is_empty())).then_some(set)
+}
+
+/// Candidate selection for a list of regexes: a regex anchored at the start
+/// is a candidate if the text starts with one of its prefixes; another one
+/// if the text contains one of its required literals (one Aho-Corasick pass
+/// for all of them).
 #[derive(Debug)]
 pub struct Prefilter {
-    ac: AhoCorasick,
+    /// (regex index, prefixes) of start-anchored regexes.
+    anchored: Vec<(usize, Vec<Vec<u8>>)>,
+    ac: Option<AhoCorasick>,
     /// Literal index -> regex indices that require it.
     owners: Vec<Vec<usize>>,
     /// Regexes without a usable requirement: always candidates.
@@ -75,11 +93,16 @@ impl Prefilter {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut owners: Vec<Vec<usize>> = Vec::new();
         let mut always = Vec::new();
+        let mut anchored = Vec::new();
         for (i, p) in patterns.iter().enumerate() {
-            let req = regex_syntax::Parser::new()
-                .parse(p)
-                .ok()
-                .and_then(|h| required(&h))
+            let hir = regex_syntax::Parser::new().parse(p).ok();
+            if let Some(prefixes) = hir.as_ref().and_then(anchored_prefixes) {
+                anchored.push((i, prefixes));
+                continue;
+            }
+            let req = hir
+                .as_ref()
+                .and_then(required)
                 .filter(|set| set.iter().all(|l| !l.is_empty()));
             match req {
                 None => always.push(i),
@@ -96,11 +119,16 @@ impl Prefilter {
                 }
             }
         }
-        if lits.is_empty() {
+        if lits.is_empty() && anchored.is_empty() {
             return None;
         }
-        let ac = AhoCorasick::builder().match_kind(MatchKind::Standard).build(&lits).ok()?;
+        let ac = if lits.is_empty() {
+            None
+        } else {
+            Some(AhoCorasick::builder().match_kind(MatchKind::Standard).build(&lits).ok()?)
+        };
         Some(Prefilter {
+            anchored,
             ac,
             owners,
             always,
@@ -118,10 +146,19 @@ impl Prefilter {
             out[i] = true;
             any = true;
         }
-        for m in self.ac.find_overlapping_iter(hay) {
-            for &i in &self.owners[m.pattern().as_usize()] {
-                out[i] = true;
+        let bytes = hay.as_bytes();
+        for (i, prefixes) in &self.anchored {
+            if prefixes.iter().any(|p| bytes.starts_with(p)) {
+                out[*i] = true;
                 any = true;
+            }
+        }
+        if let Some(ac) = &self.ac {
+            for m in ac.find_overlapping_iter(hay) {
+                for &i in &self.owners[m.pattern().as_usize()] {
+                    out[i] = true;
+                    any = true;
+                }
             }
         }
         any
@@ -143,6 +180,11 @@ mod tests {
         assert_eq!(out, [false, true, true]);
         let only = Prefilter::new(&[r"^Accepted (?P<x>\w+)"]).unwrap();
         assert!(!only.candidates("session opened", &mut out));
+        assert!(!only.candidates("x Accepted y", &mut out), "anchored: the prefix must start the text");
+        assert!(only.candidates("Accepted y", &mut out));
+        let ci = Prefilter::new(&[r"^[aA]uthentication (?:failure|error)"]).unwrap();
+        assert!(ci.candidates("authentication error", &mut out));
+        assert!(!ci.candidates("Authorization", &mut out));
         assert!(Prefilter::new(&[r"(?i)abc"]).is_none());
     }
 }
