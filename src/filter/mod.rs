@@ -14,7 +14,6 @@ pub mod reader;
 pub mod tags;
 
 use date::{DateDetector, DateError, DateState};
-use indexmap::IndexMap;
 use prefilter::Prefilter;
 use pyre::{glob_to_local_flags, Pattern, PatternError, Slots};
 pub use reader::{read_filter, read_filter_at, FilterDefinition, ReadError};
@@ -408,12 +407,19 @@ impl Filter {
 struct MlfidEntry {
     data: FailData,
     expires: f64,
+    /// Insertion number: the entry's place in the eviction order.
+    seq: u64,
 }
 
-/// Fail2Ban's `<F-MLFID>` cache: at most 100 connections, 5 minutes each.
+/// Fail2Ban's `<F-MLFID>` cache: at most 100 connections, 5 minutes each,
+/// the oldest dropped first.
 #[derive(Debug, Default)]
 struct MlfidCache {
-    entries: IndexMap<String, MlfidEntry>,
+    entries: std::collections::HashMap<String, MlfidEntry>,
+    /// Insertion order; keys whose entry was removed or replaced are
+    /// skipped when they come up.
+    order: std::collections::VecDeque<(u64, String)>,
+    next_seq: u64,
 }
 
 const MLFID_MAX: usize = 100;
@@ -423,20 +429,46 @@ impl MlfidCache {
     fn get(&mut self, k: &str, now: f64) -> Option<&mut MlfidEntry> {
         let expired = self.entries.get(k).is_some_and(|e| e.expires <= now);
         if expired {
-            self.entries.shift_remove(k);
+            self.entries.remove(k);
             return None;
         }
         self.entries.get_mut(k)
     }
+    fn remove(&mut self, k: &str) {
+        self.entries.remove(k);
+    }
+    /// Pops the oldest live entry.
+    fn pop_oldest(&mut self) -> Option<MlfidEntry> {
+        while let Some((seq, key)) = self.order.pop_front() {
+            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
+                return self.entries.remove(&key);
+            }
+        }
+        None
+    }
     fn set(&mut self, k: &str, data: FailData, now: f64) {
         if self.entries.len() >= MLFID_MAX {
-            while let Some((_, e)) = self.entries.shift_remove_index(0) {
+            while let Some(e) = self.pop_oldest() {
                 if e.expires > now && self.entries.len() < MLFID_MAX {
                     break;
                 }
             }
         }
-        self.entries.insert(k.to_string(), MlfidEntry { data, expires: now + MLFID_TTL });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((seq, k.to_string()));
+        self.entries.insert(
+            k.to_string(),
+            MlfidEntry {
+                data,
+                expires: now + MLFID_TTL,
+                seq,
+            },
+        );
+        if self.order.len() > 4 * MLFID_MAX {
+            let entries = &self.entries;
+            self.order.retain(|(s, key)| entries.get(key).is_some_and(|e| e.seq == *s));
+        }
     }
 }
 
@@ -894,7 +926,7 @@ impl FilterState {
         if was_cached {
             let result = merged.clone();
             if forget {
-                self.mlfid.entries.shift_remove(mlfid);
+                self.mlfid.remove(mlfid);
             }
             return (result, !forget);
         }
