@@ -75,22 +75,25 @@ impl TupleLine {
     }
 }
 
+/// A captured value: short ones (addresses, user names) stay inline.
+pub type Value = compact_str::CompactString;
+
 /// Named groups of a match (Python's `groupdict`, plus merged values):
 /// a handful of entries, so a small vector searched linearly.
 #[derive(Debug, Clone, Default)]
-pub struct Groups(Vec<(Arc<str>, Option<String>)>);
+pub struct Groups(Vec<(Arc<str>, Option<Value>)>);
 
 impl Groups {
-    pub fn get(&self, name: &str) -> Option<&Option<String>> {
+    pub fn get(&self, name: &str) -> Option<&Option<Value>> {
         self.0.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
     }
-    pub fn insert(&mut self, name: Arc<str>, value: Option<String>) {
+    pub fn insert(&mut self, name: Arc<str>, value: Option<Value>) {
         match self.0.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
             None => self.0.push((name, value)),
         }
     }
-    pub fn remove(&mut self, name: &str) -> Option<Option<String>> {
+    pub fn remove(&mut self, name: &str) -> Option<Option<Value>> {
         let pos = self.0.iter().position(|(k, _)| &**k == name)?;
         Some(self.0.remove(pos).1)
     }
@@ -111,7 +114,7 @@ pub struct FailData {
     mlfpending: bool,
 }
 
-fn truthy(v: Option<&Option<String>>) -> bool {
+fn truthy(v: Option<&Option<Value>>) -> bool {
     matches!(v, Some(Some(s)) if !s.is_empty())
 }
 
@@ -122,7 +125,7 @@ impl FailData {
     fn truthy(&self, name: &str) -> bool {
         truthy(self.groups.get(name))
     }
-    fn pop(&mut self, name: &str) -> Option<Option<String>> {
+    fn pop(&mut self, name: &str) -> Option<Option<Value>> {
         self.groups.remove(name)
     }
     /// `dict.update` with the non-`None` values of `other`'s groups.
@@ -258,13 +261,13 @@ impl CompiledRegex {
         let mut g = Groups(
             self.named
                 .iter()
-                .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(str::to_string)))
+                .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(Value::from)))
                 .collect(),
         );
         for (i, target) in &self.alts {
             if let Some(v) = slots.text(hay, *i).filter(|v| !v.is_empty()) {
                 if !truthy(g.get(&**target)) {
-                    g.insert(target.clone(), Some(v.to_string()));
+                    g.insert(target.clone(), Some(Value::from(v)));
                 }
             }
         }
@@ -709,7 +712,7 @@ impl FilterState {
                         self.line_buffer = vec![Arc::new(TupleLine {
                             pre: String::new(),
                             date: String::new(),
-                            post: c,
+                            post: c.to_string(),
                         })];
                     }
                 }
@@ -843,7 +846,7 @@ impl FilterState {
             };
             let fid = match fid {
                 Some(f) if f != ip => {
-                    fail.groups.insert(Arc::from("ip"), Some(ip));
+                    fail.groups.insert(Arc::from("ip"), Some(Value::from(ip)));
                     f
                 }
                 _ => ip,
