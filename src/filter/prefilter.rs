@@ -52,6 +52,55 @@ fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// All literal requirements of a pattern: every match contains a literal
+/// of each returned set (a conjunction of disjunctions).
+pub fn all_requirements(pattern: &str) -> Vec<Vec<Vec<u8>>> {
+    fn walk(h: &Hir, out: &mut Vec<Vec<Vec<u8>>>) {
+        match h.kind() {
+            HirKind::Literal(lit) => out.push(vec![lit.0.to_vec()]),
+            HirKind::Capture(c) => walk(&c.sub, out),
+            HirKind::Repetition(r) if r.min >= 1 => walk(&r.sub, out),
+            HirKind::Concat(subs) => {
+                let mut run: Vec<u8> = Vec::new();
+                for s in subs {
+                    match s.kind() {
+                        HirKind::Literal(lit) => run.extend_from_slice(&lit.0),
+                        HirKind::Look(_) => {}
+                        _ => {
+                            if !run.is_empty() {
+                                out.push(vec![std::mem::take(&mut run)]);
+                            }
+                            walk(s, out);
+                        }
+                    }
+                }
+                if !run.is_empty() {
+                    out.push(vec![run]);
+                }
+            }
+            HirKind::Alternation(_) => {
+                if let Some(set) = required(h) {
+                    out.push(set);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(h) = regex_syntax::Parser::new().parse(pattern) {
+        walk(&h, &mut out);
+    }
+    out.retain(|set| !set.is_empty() && set.iter().all(|l| !l.is_empty()));
+    out
+}
+
+/// Required literals of a `regex`-crate pattern (every match contains one),
+/// if any can be stated.
+pub fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    let h = regex_syntax::Parser::new().parse(pattern).ok()?;
+    required(&h).filter(|set| !set.is_empty() && set.iter().all(|l| !l.is_empty()))
+}
+
 /// Prefer sets whose shortest literal is long, then smaller sets.
 fn score(set: &[Vec<u8>]) -> (usize, std::cmp::Reverse<usize>) {
     let shortest = set.iter().map(Vec::len).min().unwrap_or(0);

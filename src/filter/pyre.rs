@@ -15,6 +15,7 @@
 //! pattern.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
@@ -82,6 +83,12 @@ enum Node {
         no: Concat,
     },
     Backref(usize),
+    /// Alternatives made by conditional elimination (see [`eliminate`]):
+    /// a non-capturing alternation whose branches can be pruned.
+    Split {
+        id: usize,
+        branches: Alt,
+    },
     Repeat {
         node: Box<Node>,
         min: u32,
@@ -677,6 +684,7 @@ fn defined_groups(n: &Node, out: &mut Vec<usize>) {
             body.iter().flatten().for_each(|c| defined_groups(c, out));
         }
         Node::Cond { yes, no, .. } => yes.iter().chain(no).for_each(|c| defined_groups(c, out)),
+        Node::Split { branches, .. } => branches.iter().flatten().for_each(|c| defined_groups(c, out)),
         Node::Repeat { node, .. } => defined_groups(node, out),
         _ => {}
     }
@@ -693,6 +701,7 @@ fn certain_groups(n: &Node, out: &mut Vec<usize>) {
                 body[0].iter().for_each(|c| certain_groups(c, out));
             }
         }
+        Node::Split { branches, .. } if branches.len() == 1 => branches[0].iter().for_each(|c| certain_groups(c, out)),
         Node::Repeat { node, min, .. } if *min >= 1 => certain_groups(node, out),
         _ => {}
     }
@@ -706,6 +715,7 @@ fn cond_refs(n: &Node, out: &mut Vec<usize>) {
             out.push(*group);
             yes.iter().chain(no).for_each(|c| cond_refs(c, out));
         }
+        Node::Split { branches, .. } => branches.iter().flatten().for_each(|c| cond_refs(c, out)),
         Node::Repeat { node, .. } => cond_refs(node, out),
         _ => {}
     }
@@ -760,7 +770,7 @@ fn choices(n: &Node) -> Option<Vec<Node>> {
 /// each choice with the conditional resolved. The backtracker tries the
 /// choices in the same order, so matches and captures are unchanged.
 /// `None` where a conditional cannot be resolved this way.
-fn eliminate(seq: &[Node], env: &Env) -> Option<Concat> {
+fn eliminate(seq: &[Node], env: &Env, ids: &mut usize) -> Option<Concat> {
     let mut env = env.clone();
     let mut out = Vec::new();
     for (i, item) in seq.iter().enumerate() {
@@ -774,7 +784,7 @@ fn eliminate(seq: &[Node], env: &Env) -> Option<Concat> {
             .filter(|g| later.contains(g) && env_get(&env, *g).is_none())
             .collect();
         if decided.is_empty() {
-            out.push(resolve(item, &env)?);
+            out.push(resolve(item, &env, ids)?);
             let mut sure = Vec::new();
             certain_groups(item, &mut sure);
             env.extend(sure.into_iter().map(|g| (g, true)));
@@ -797,23 +807,36 @@ fn eliminate(seq: &[Node], env: &Env) -> Option<Concat> {
                 }
             }
             env2.extend(sure.iter().map(|&g| (g, true)));
-            let mut branch = vec![resolve(&choice, &env)?];
-            branch.extend(eliminate(rest, &env2)?);
+            let mut branch = vec![resolve(&choice, &env, ids)?];
+            branch.extend(eliminate(rest, &env2, ids)?);
             branches.push(branch);
         }
-        out.push(empty_group(branches));
+        *ids += 1;
+        out.push(Node::Split { id: *ids, branches });
         return Some(out);
     }
     Some(out)
 }
 
-/// Resolves the conditionals inside one item with what `env` knows.
-fn resolve(n: &Node, env: &Env) -> Option<Node> {
-    Some(match n {
-        Node::Cond { group, yes, no } => {
-            let branch = if env_get(env, *group)? { yes } else { no };
-            empty_group(vec![eliminate(branch, env)?])
-        }
+/// A copy of `alt` with only the `Split` branches `keep(id, branch)` allows.
+fn prune(alt: &Alt, keep: &dyn Fn(usize, usize) -> bool) -> Alt {
+    alt.iter().map(|c| c.iter().map(|n| prune_node(n, keep)).collect()).collect()
+}
+
+fn prune_node(n: &Node, keep: &dyn Fn(usize, usize) -> bool) -> Node {
+    match n {
+        Node::Split { id, branches } => Node::Split {
+            id: *id,
+            branches: prune(
+                &branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| keep(*id, *b))
+                    .map(|(_, c)| c.clone())
+                    .collect(),
+                keep,
+            ),
+        },
         Node::Group {
             kind,
             flags_on,
@@ -823,7 +846,12 @@ fn resolve(n: &Node, env: &Env) -> Option<Node> {
             kind: kind.clone(),
             flags_on: *flags_on,
             flags_off: *flags_off,
-            body: body.iter().map(|c| eliminate(c, env)).collect::<Option<Alt>>()?,
+            body: prune(body, keep),
+        },
+        Node::Cond { group, yes, no } => Node::Cond {
+            group: *group,
+            yes: yes.iter().map(|x| prune_node(x, keep)).collect(),
+            no: no.iter().map(|x| prune_node(x, keep)).collect(),
         },
         Node::Repeat {
             node,
@@ -832,7 +860,94 @@ fn resolve(n: &Node, env: &Env) -> Option<Node> {
             greedy,
             possessive,
         } => Node::Repeat {
-            node: Box::new(resolve(node, env)?),
+            node: Box::new(prune_node(node, keep)),
+            min: *min,
+            max: *max,
+            greedy: *greedy,
+            possessive: *possessive,
+        },
+        other => other.clone(),
+    }
+}
+
+/// The branches of the `Split` with this id.
+fn find_split(alt: &Alt, want: usize) -> Option<&Alt> {
+    for n in alt.iter().flatten() {
+        let found = match n {
+            Node::Split { id, branches } if *id == want => return Some(branches),
+            Node::Split { branches, .. } => find_split(branches, want),
+            Node::Group { body, .. } => find_split(body, want),
+            Node::Repeat { node, .. } => find_in_node(node, want),
+            Node::Cond { yes, no, .. } => yes.iter().chain(no).find_map(|x| find_in_node(x, want)),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+fn find_in_node(n: &Node, want: usize) -> Option<&Alt> {
+    match n {
+        Node::Split { id, branches } if *id == want => Some(branches),
+        Node::Split { branches, .. } => find_split(branches, want),
+        Node::Group { body, .. } => find_split(body, want),
+        Node::Repeat { node, .. } => find_in_node(node, want),
+        Node::Cond { yes, no, .. } => yes.iter().chain(no).find_map(|x| find_in_node(x, want)),
+        _ => None,
+    }
+}
+
+/// (id, number of branches) of every `Split`, outermost first.
+fn split_ids(alt: &Alt, out: &mut Vec<(usize, usize)>) {
+    for n in alt.iter().flatten() {
+        match n {
+            Node::Split { id, branches } => {
+                out.push((*id, branches.len()));
+                split_ids(branches, out);
+            }
+            Node::Group { body, .. } => split_ids(body, out),
+            Node::Cond { yes, no, .. } => {
+                split_ids(&vec![yes.clone()], out);
+                split_ids(&vec![no.clone()], out);
+            }
+            Node::Repeat { node, .. } => split_ids(&vec![vec![(**node).clone()]], out),
+            _ => {}
+        }
+    }
+}
+
+/// Resolves the conditionals inside one item with what `env` knows.
+fn resolve(n: &Node, env: &Env, ids: &mut usize) -> Option<Node> {
+    Some(match n {
+        Node::Cond { group, yes, no } => {
+            let branch = if env_get(env, *group)? { yes } else { no };
+            empty_group(vec![eliminate(branch, env, ids)?])
+        }
+        Node::Split { id, branches } => Node::Split {
+            id: *id,
+            branches: branches.iter().map(|c| eliminate(c, env, ids)).collect::<Option<Alt>>()?,
+        },
+        Node::Group {
+            kind,
+            flags_on,
+            flags_off,
+            body,
+        } => Node::Group {
+            kind: kind.clone(),
+            flags_on: *flags_on,
+            flags_off: *flags_off,
+            body: body.iter().map(|c| eliminate(c, env, ids)).collect::<Option<Alt>>()?,
+        },
+        Node::Repeat {
+            node,
+            min,
+            max,
+            greedy,
+            possessive,
+        } => Node::Repeat {
+            node: Box::new(resolve(node, env, ids)?),
             min: *min,
             max: *max,
             greedy: *greedy,
@@ -915,6 +1030,7 @@ impl PyPattern {
                     matches!(kind, GroupKind::Look { .. } | GroupKind::Atomic) || alt(body)
                 }
                 Node::Cond { .. } | Node::Backref(_) => true,
+                Node::Split { branches, .. } => alt(branches),
                 Node::Repeat { node: inner, possessive, .. } => *possessive || node(inner),
                 _ => false,
             }
@@ -945,6 +1061,17 @@ impl PyPattern {
     /// compiled away where their group's participation is decided by one
     /// choice point (see [`eliminate`]).
     fn emit_verified(&self, multiline: bool) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
+        self.emit_verified_root(&self.eliminated().unwrap_or_else(|| self.root.clone()), multiline)
+    }
+
+    /// The pattern with its conditionals compiled away, if possible.
+    fn eliminated(&self) -> Option<Alt> {
+        let mut ids = 0;
+        self.root.iter().map(|c| eliminate(c, &Env::new(), &mut ids)).collect()
+    }
+
+    /// Plain `regex`-crate text (over-approximation) of another root.
+    fn emit_approx_root(&self, root: &Alt, multiline: bool) -> String {
         let mut flags = self.flags;
         flags.m |= multiline;
         let mut out = String::new();
@@ -957,10 +1084,27 @@ impl PyPattern {
         if !head.is_empty() {
             let _ = write!(out, "(?{head})");
         }
-        let root: Option<Alt> = self.root.iter().map(|c| eliminate(c, &Env::new())).collect();
-        let root = root.unwrap_or_else(|| self.root.clone());
+        let mut e = Emitter::new(self, Target::Approx);
+        e.in_backref_copy = true; // no captures needed
+        e.alt(root, flags, &mut out);
+        out
+    }
+
+    fn emit_verified_root(&self, root: &Alt, multiline: bool) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
+        let mut flags = self.flags;
+        flags.m |= multiline;
+        let mut out = String::new();
+        let mut head = String::new();
+        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
+            if on {
+                head.push(c);
+            }
+        }
+        if !head.is_empty() {
+            let _ = write!(out, "(?{head})");
+        }
         let mut e = Emitter::new(self, Target::Verified);
-        e.alt(&root, flags, &mut out);
+        e.alt(root, flags, &mut out);
         let conds_ok = e.checks.iter().all(|c| match c {
             CheckSpec::Cond { group, .. } | CheckSpec::Backref { group, .. } => !e.repeated[*group],
             _ => true,
@@ -1268,6 +1412,11 @@ impl Emitter<'_> {
                 self.alt(body, inner, out);
                 out.push(')');
             }
+            Node::Split { branches, .. } => {
+                out.push_str("(?:");
+                self.alt(branches, flags, out);
+                out.push(')');
+            }
             Node::Cond { group, yes, no } => {
                 if verified {
                     if self.rep_depth > 0 {
@@ -1488,12 +1637,161 @@ enum Engine {
     /// engine runs only when a check fails (the fast path's highest-priority
     /// match was not a match of the original pattern).
     Verified {
-        approx: FastRegex,
-        checks: Vec<Check>,
-        /// Python group number -> group numbers in `approx`.
-        map: Vec<Vec<usize>>,
+        core: Arc<VerifiedCore>,
+        /// Branch pruning for patterns whose conditionals were compiled away.
+        splits: Option<Box<Splits>>,
         exact: Box<fancy_regex::Regex>,
     },
+}
+
+/// The `regex`-crate side of a `Verified` pattern.
+#[derive(Debug)]
+struct VerifiedCore {
+    id: usize,
+    approx: FastRegex,
+    checks: Vec<Check>,
+    /// Python group number -> group numbers in `approx`.
+    map: Vec<Vec<usize>>,
+}
+
+impl VerifiedCore {
+    fn new(py: &PyPattern, root: &Alt, multiline: bool, src: &str) -> Result<Option<VerifiedCore>, PatternError> {
+        let Some((text, specs, map)) = py.emit_verified_root(root, multiline) else {
+            return Ok(None);
+        };
+        Ok(Some(VerifiedCore {
+            id: next_pattern_id(),
+            approx: FastRegex::new(&text, src)?,
+            checks: specs.into_iter().map(|c| compile_check(c, src)).collect::<Result<_, _>>()?,
+            map,
+        }))
+    }
+
+    /// Some(true/false) if the fast path decides; None if a check failed.
+    fn search(&self, hay: &str, start: usize, names: usize, slots: &mut Slots) -> Option<bool> {
+        if !self.approx.captures_at(self.id, hay, start, slots) {
+            return Some(false);
+        }
+        if !self.checks.iter().all(|c| c.holds(hay, &slots.raw, &self.map)) {
+            return None;
+        }
+        let raw = &slots.raw;
+        slots.spans.extend((0..names).map(|g| mapped(raw, &self.map, g)));
+        Some(true)
+    }
+}
+
+/// Conditional elimination copies the rest of a pattern into each branch
+/// of the choice that decides the condition, so the capture engine walks
+/// through branches that cannot match before it reaches the one that does
+/// (sshd's `Failed ...` regex: four copies of its tail). A branch runs to
+/// the end of the pattern, so a path through it needs the text to contain
+/// one of the branch's required literals; one Aho-Corasick pass tells which
+/// branches cannot match, and those are dropped before the capture engine
+/// runs. Dropping a branch with no match changes no result: no successful
+/// path runs through it.
+#[derive(Debug)]
+struct Splits {
+    py: PyPattern,
+    root: Alt,
+    multiline: bool,
+    src: String,
+    /// (split id, branch) of each test.
+    tests: Vec<(usize, usize)>,
+    literals: aho_corasick::AhoCorasick,
+    /// Per test: sets of literal indices; each set needs one literal present.
+    needs: Vec<Vec<Vec<usize>>>,
+    variants: std::sync::RwLock<std::collections::HashMap<u64, Option<Arc<VerifiedCore>>>>,
+}
+
+impl Splits {
+    fn new(py: &PyPattern, root: Alt, multiline: bool, src: &str) -> Option<Splits> {
+        let mut ids = Vec::new();
+        split_ids(&root, &mut ids);
+        let tests: Vec<(usize, usize)> = ids.iter().flat_map(|&(id, n)| (0..n).map(move |b| (id, b))).collect();
+        if ids.is_empty() || tests.len() > 64 {
+            return None;
+        }
+        let mut lits: Vec<Vec<u8>> = Vec::new();
+        let mut needs = Vec::new();
+        for &(id, b) in &tests {
+            let branch = find_split(&root, id).map(|br| vec![br[b].clone()]).unwrap_or_default();
+            let text = py.emit_approx_root(&branch, multiline);
+            let sets: Vec<Vec<usize>> = crate::filter::prefilter::all_requirements(&text)
+                .into_iter()
+                .map(|set| {
+                    set.into_iter()
+                        .map(|l| match lits.iter().position(|x| *x == l) {
+                            Some(k) => k,
+                            None => {
+                                lits.push(l);
+                                lits.len() - 1
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            needs.push(sets);
+        }
+        if lits.is_empty() || lits.len() > 128 {
+            return None;
+        }
+        let literals = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(&lits)
+            .ok()?;
+        Some(Splits {
+            py: py.clone(),
+            root,
+            multiline,
+            src: src.to_string(),
+            tests,
+            literals,
+            needs,
+            variants: Default::default(),
+        })
+    }
+
+    /// The core for the branches that can match `hay`.
+    fn select(&self, hay: &str, full: &Arc<VerifiedCore>) -> Arc<VerifiedCore> {
+        let mut present = 0u128;
+        for m in self.literals.find_overlapping_iter(hay) {
+            present |= 1 << m.pattern().as_usize();
+        }
+        let mut mask = 0u64;
+        for (t, sets) in self.needs.iter().enumerate() {
+            if sets.iter().all(|set| set.iter().any(|&k| present & (1 << k) != 0)) {
+                mask |= 1 << t;
+            }
+        }
+        let all = if self.tests.len() == 64 { u64::MAX } else { (1u64 << self.tests.len()) - 1 };
+        if mask == all {
+            return full.clone();
+        }
+        if let Some(v) = self.variants.read().ok().and_then(|m| m.get(&mask).cloned()) {
+            return v.unwrap_or_else(|| full.clone());
+        }
+        let keep = |id: usize, b: usize| {
+            let i = self.tests.iter().position(|&t| t == (id, b));
+            // an inner choice with no viable branch keeps them all: it is
+            // only reached through branches that are pruned anyway
+            let any = self.tests.iter().enumerate().any(|(k, &(tid, _))| tid == id && mask & (1 << k) != 0);
+            !any || i.is_some_and(|i| mask & (1 << i) != 0)
+        };
+        let pruned = prune(&self.root, &keep);
+        let core = VerifiedCore::new(&self.py, &pruned, self.multiline, &self.src).ok().flatten().map(Arc::new);
+        if let Ok(mut m) = self.variants.write() {
+            if m.len() < 256 {
+                m.insert(mask, core.clone());
+            }
+        }
+        core.unwrap_or_else(|| full.clone())
+    }
+}
+
+fn next_pattern_id() -> usize {
+    static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The span of Python group `g` in a `Verified` match.
@@ -1857,11 +2155,12 @@ impl Pattern {
                         msg: e.to_string(),
                     })?,
             );
-            match py.emit_verified(multiline) {
-                Some((text, specs, map)) => Engine::Verified {
-                    approx: FastRegex::new(&text, src)?,
-                    checks: specs.into_iter().map(|c| compile_check(c, src)).collect::<Result<_, _>>()?,
-                    map,
+            let eliminated = py.eliminated();
+            let root = eliminated.clone().unwrap_or_else(|| py.root.clone());
+            match VerifiedCore::new(&py, &root, multiline, src)? {
+                Some(core) => Engine::Verified {
+                    core: Arc::new(core),
+                    splits: eliminated.and_then(|r| Splits::new(&py, r, multiline, src)).map(Box::new),
                     exact,
                 },
                 None => Engine::Fancy {
@@ -1872,8 +2171,7 @@ impl Pattern {
         } else {
             Engine::Std(FastRegex::new(&py.emit(Target::Std, multiline), src)?)
         };
-        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-        let next_id = || NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let next_id = next_pattern_id;
         let tail = match py.split_tail(multiline) {
             Some((head, group, needs_char)) => Some(TailGroup {
                 head: FastRegex::new(&head.emit(Target::Std, false), src)?,
@@ -1896,6 +2194,25 @@ impl Pattern {
         &self.source
     }
 
+    /// Which engine runs `hay`, and how long its parts take (debugging).
+    pub fn debug_engine(&self, hay: &str) -> String {
+        match &self.engine {
+            Engine::Verified { core, splits: Some(sp), .. } => {
+                let t = std::time::Instant::now();
+                let mut c = None;
+                for _ in 0..10000 {
+                    c = Some(sp.select(hay, core));
+                }
+                let sel = t.elapsed() / 10000;
+                let c = c.unwrap();
+                format!("select {sel:?}, variant is full: {}, tests {}, regex len {}", Arc::ptr_eq(&c, core), sp.tests.len(), c.approx.uni.as_str().len())
+            }
+            Engine::Verified { .. } => "verified without splits".into(),
+            Engine::Std(_) => "std".into(),
+            Engine::Fancy { .. } => "fancy".into(),
+        }
+    }
+
     /// True if the backtracking engine is in use.
     pub fn is_fancy(&self) -> bool {
         !matches!(self.engine, Engine::Std(_))
@@ -1911,7 +2228,8 @@ impl Pattern {
     pub fn std_regex(&self) -> &regex::Regex {
         match &self.engine {
             Engine::Std(r) => &r.uni,
-            Engine::Fancy { approx, .. } | Engine::Verified { approx, .. } => &approx.uni,
+            Engine::Fancy { approx, .. } => &approx.uni,
+            Engine::Verified { core, .. } => &core.approx.uni,
         }
     }
 
@@ -1931,9 +2249,8 @@ impl Pattern {
     pub fn is_match(&self, hay: &str) -> bool {
         match &self.engine {
             Engine::Std(r) => r.is_match_at(hay, 0),
-            Engine::Fancy { exact, approx } | Engine::Verified { exact, approx, .. } => {
-                approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false)
-            }
+            Engine::Fancy { exact, approx } => approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false),
+            Engine::Verified { exact, core, .. } => core.approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false),
         }
     }
 
@@ -1979,19 +2296,17 @@ impl Pattern {
                 }
                 self.backtrack(exact, hay, start, slots)
             }
-            Engine::Verified {
-                approx,
-                checks,
-                map,
-                exact,
-            } => {
-                if !approx.captures_at(self.id, hay, start, slots) {
-                    return false;
-                }
-                if checks.iter().all(|c| c.holds(hay, &slots.raw, map)) {
-                    let raw = &slots.raw;
-                    slots.spans.extend((0..self.names.len()).map(|g| mapped(raw, map, g)));
-                    return true;
+            Engine::Verified { core, splits, exact } => {
+                let chosen;
+                let core = match splits {
+                    Some(sp) if start == 0 => {
+                        chosen = sp.select(hay, core);
+                        &chosen
+                    }
+                    _ => core,
+                };
+                if let Some(found) = core.search(hay, start, self.names.len(), slots) {
+                    return found;
                 }
                 slots.fallbacks += 1;
                 self.backtrack(exact, hay, start, slots)
