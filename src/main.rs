@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "banhammer", version, about = "Intrusion prevention with Fail2Ban-compatible filters")]
+#[command(
+    name = "banhammer",
+    version,
+    about = "Intrusion prevention with Fail2Ban-compatible filters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -48,10 +48,17 @@ fn stderr(o: &Output) -> String {
 
 fn assert_clean_failure(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.lines().count(), 1, "one-line message expected, got: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one-line message expected, got: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "message should mention {n:?}: {err}");
     }
@@ -77,7 +84,11 @@ fn reports_one_json_object_per_line_with_times_and_groups() {
     let o = test_filter(&filters(), "sshd", &log);
     assert!(o.status.success(), "{}", stderr(&o));
     let v = stdout_lines(&o);
-    assert_eq!(v.len(), 4, "one object per line, the empty one and the last unterminated one included");
+    assert_eq!(
+        v.len(),
+        4,
+        "one object per line, the empty one and the last unterminated one included"
+    );
     assert_eq!(v[0]["match"], true);
     assert_eq!(v[0]["host"], "192.0.2.1");
     assert_eq!(v[0]["user"], "root");
@@ -94,7 +105,13 @@ fn unknown_filter_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let log = write(tmp.path(), "a.log", b"x\n");
     let o = test_filter(&filters(), "no-such-filter", &log);
-    assert_clean_failure(&o, &["no-such-filter", "no no-such-filter.conf or no-such-filter.local"]);
+    assert_clean_failure(
+        &o,
+        &[
+            "no-such-filter",
+            "no no-such-filter.conf or no-such-filter.local",
+        ],
+    );
 }
 
 #[test]
@@ -120,13 +137,20 @@ fn regex_that_does_not_compile_names_filter_index_and_file() {
     );
     let log = write(tmp.path(), "a.log", b"ok 192.0.2.1\n");
     let o = test_filter(tmp.path(), "bad", &log);
-    assert_clean_failure(&o, &["filter 'bad'", "failregex 2 does not compile", "bad.conf"]);
+    assert_clean_failure(
+        &o,
+        &["filter 'bad'", "failregex 2 does not compile", "bad.conf"],
+    );
 }
 
 #[test]
 fn broken_config_syntax_names_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), "syn.conf", b"[Definition]\nfailregex = ^x <HOST>$\nthis is not an option\n");
+    write(
+        tmp.path(),
+        "syn.conf",
+        b"[Definition]\nfailregex = ^x <HOST>$\nthis is not an option\n",
+    );
     let log = write(tmp.path(), "a.log", b"x\n");
     let o = test_filter(tmp.path(), "syn", &log);
     assert_clean_failure(&o, &["syn.conf:3"]);
@@ -136,7 +160,10 @@ fn broken_config_syntax_names_file_and_line() {
 fn malformed_filter_spec_and_missing_log_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let log = write(tmp.path(), "a.log", b"x\n");
-    assert_clean_failure(&test_filter(&filters(), "sshd[mode=aggressive", &log), &["missing closing ']'"]);
+    assert_clean_failure(
+        &test_filter(&filters(), "sshd[mode=aggressive", &log),
+        &["missing closing ']'"],
+    );
     let o = test_filter(&filters(), "sshd", &tmp.path().join("missing.log"));
     assert_clean_failure(&o, &["cannot read log file", "missing.log"]);
 }
@@ -180,9 +207,16 @@ fn an_empty_file_prints_nothing() {
     let o = test_filter(&filters(), "sshd", &log);
     assert!(o.status.success());
     assert!(o.stdout.is_empty());
-    let o = run(&["regex", "--filter-dir", filters().to_str().unwrap(), log.to_str().unwrap(), "sshd"]);
+    let o = run(&[
+        "regex",
+        "--filter-dir",
+        filters().to_str().unwrap(),
+        log.to_str().unwrap(),
+        "sshd",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("Lines: 0 lines, 0 ignored, 0 matched, 0 missed"));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("Lines: 0 lines, 0 ignored, 0 matched, 0 missed"));
 }
 
 #[test]
@@ -196,16 +230,33 @@ fn regex_command_summarises_like_fail2ban_regex() {
           Aug 14 11:58:02 srv sshd[2]: Invalid user bob from 192.0.2.2 port 22\n\
           Aug 14 11:58:03 srv CRON[3]: pam_unix(cron:session): session opened for user root\n",
     );
-    let o = run(&["regex", "--filter-dir", filters().to_str().unwrap(), "--print-all-missed", log.to_str().unwrap(), "sshd"]);
+    let o = run(&[
+        "regex",
+        "--filter-dir",
+        filters().to_str().unwrap(),
+        "--print-all-missed",
+        log.to_str().unwrap(),
+        "sshd",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Lines: 3 lines, 0 ignored, 2 matched, 1 missed"), "{out}");
+    assert!(
+        out.contains("Lines: 3 lines, 0 ignored, 2 matched, 1 missed"),
+        "{out}"
+    );
     assert!(out.contains("Failregex: 2 total"), "{out}");
     assert!(out.contains("CRON[3]"), "missed line printed: {out}");
     // a literal regex with <HOST> works too
-    let o = run(&["regex", log.to_str().unwrap(), r"Invalid user \S+ from <HOST>"]);
+    let o = run(&[
+        "regex",
+        log.to_str().unwrap(),
+        r"Invalid user \S+ from <HOST>",
+    ]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Lines: 3 lines, 0 ignored, 1 matched, 2 missed"), "{out}");
+    assert!(
+        out.contains("Lines: 3 lines, 0 ignored, 1 matched, 2 missed"),
+        "{out}"
+    );
     // and a broken one is an error, not a panic
     let o = run(&["regex", log.to_str().unwrap(), r"Invalid (user <HOST>"]);
     assert_clean_failure(&o, &["does not compile"]);

@@ -25,7 +25,10 @@ fn same_host(a: &str, b: &str) -> bool {
     let norm = |s: &str| -> Option<IpAddr> {
         let ip: IpAddr = s.trim_matches(['[', ']']).parse().ok()?;
         Some(match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         })
     };
@@ -37,15 +40,23 @@ fn same_host(a: &str, b: &str) -> bool {
 
 fn zurich_epoch(text: &str) -> f64 {
     let (main, frac) = text.split_once('.').unwrap_or((text, ""));
-    let t = chrono::NaiveDateTime::parse_from_str(main, "%Y-%m-%dT%H:%M:%S").expect("failJSON time");
+    let t =
+        chrono::NaiveDateTime::parse_from_str(main, "%Y-%m-%dT%H:%M:%S").expect("failJSON time");
     let secs = LocalClock::default().to_epoch(t).expect("local time") as f64;
-    let frac: f64 = if frac.is_empty() { 0.0 } else { format!("0.{frac}").parse().unwrap() };
+    let frac: f64 = if frac.is_empty() {
+        0.0
+    } else {
+        format!("0.{frac}").parse().unwrap()
+    };
     secs + frac
 }
 
 /// Compares one result with its failJSON; returns what is wrong.
 fn check(expect: &Value, got: Option<&Failure>) -> Option<String> {
-    let want_match = expect.get("match").and_then(Value::as_bool).unwrap_or(false);
+    let want_match = expect
+        .get("match")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let Some(f) = got else {
         return want_match.then(|| "expected a failure, got none".to_string());
     };
@@ -58,7 +69,8 @@ fn check(expect: &Value, got: Option<&Failure>) -> Option<String> {
             "match" | "desc" | "constraint" => None,
             "host" => {
                 let host = f.host().unwrap_or_default();
-                (!same_host(v.as_str().unwrap_or_default(), host)).then(|| format!("host {host:?}, expected {v}"))
+                (!same_host(v.as_str().unwrap_or_default(), host))
+                    .then(|| format!("host {host:?}, expected {v}"))
             }
             "time" => match v.as_str() {
                 None => None,
@@ -70,11 +82,14 @@ fn check(expect: &Value, got: Option<&Failure>) -> Option<String> {
                     }
                 }
             },
-            "attempts" => {
-                (v.as_u64() != Some(f.attempts() as u64)).then(|| format!("attempts {}, expected {v}", f.attempts()))
-            }
+            "attempts" => (v.as_u64() != Some(f.attempts() as u64))
+                .then(|| format!("attempts {}, expected {v}", f.attempts())),
             "users" => {
-                let mut want: Vec<String> = v.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+                let mut want: Vec<String> = v
+                    .as_array()?
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect();
                 want.sort();
                 let got: Vec<String> = f.data.users.iter().flatten().cloned().collect();
                 (want != got).then(|| format!("users {got:?}, expected {want:?}"))
@@ -105,7 +120,14 @@ fn option_sets(v: &Value) -> Vec<IndexMap<String, String>> {
                 .map(|m| {
                     m.iter()
                         .filter(|(k, _)| !k.starts_with("test."))
-                        .map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str()
+                                    .map(String::from)
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default()
@@ -128,21 +150,30 @@ fn run_sample(name: &str, filters: &Path, sample: &Path, errors: &mut Vec<String
         non_failures: 0,
         injection: false,
     };
-    let mut open = |opts: IndexMap<String, String>, instances: &mut IndexMap<String, Instance>| -> String {
-        let key = format!("{opts:?}");
-        if !instances.contains_key(&key) {
-            let journal = opts.get("logtype").is_some_and(|v| v == "journal");
-            let spec = NamedOptions {
-                name: name.to_string(),
-                options: opts,
-            };
-            let def = read_filter(filters, &spec).unwrap_or_else(|e| panic!("{e}"));
-            let filter = Filter::compile(def, FilterOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-            let state = FilterState::new(&filter);
-            instances.insert(key.clone(), Instance { filter, state, journal });
-        }
-        key
-    };
+    let open =
+        |opts: IndexMap<String, String>, instances: &mut IndexMap<String, Instance>| -> String {
+            let key = format!("{opts:?}");
+            if !instances.contains_key(&key) {
+                let journal = opts.get("logtype").is_some_and(|v| v == "journal");
+                let spec = NamedOptions {
+                    name: name.to_string(),
+                    options: opts,
+                };
+                let def = read_filter(filters, &spec).unwrap_or_else(|e| panic!("{e}"));
+                let filter = Filter::compile(def, FilterOptions::default())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let state = FilterState::new(&filter);
+                instances.insert(
+                    key.clone(),
+                    Instance {
+                        filter,
+                        state,
+                        journal,
+                    },
+                );
+            }
+            key
+        };
     current.push(open(IndexMap::new(), &mut instances));
     let mut expect: Option<Value> = None;
     for (lineno, line) in text.lines().enumerate() {
@@ -153,12 +184,18 @@ fn run_sample(name: &str, filters: &Path, sample: &Path, errors: &mut Vec<String
             .filter(|_| line.starts_with('#'));
         if let (None, Some(a)) = (&expect, annotation) {
             if let Some(json) = a.strip_prefix("failJSON:") {
-                expect = Some(serde_json::from_str(json).unwrap_or_else(|e| panic!("{}:{}: {e}", sample.display(), lineno + 1)));
+                expect = Some(
+                    serde_json::from_str(json)
+                        .unwrap_or_else(|e| panic!("{}:{}: {e}", sample.display(), lineno + 1)),
+                );
                 continue;
             }
             if let Some(json) = a.strip_prefix("filterOptions:") {
                 let v: Value = serde_json::from_str(json).expect("filterOptions JSON");
-                current = option_sets(&v).into_iter().map(|o| open(o, &mut instances)).collect();
+                current = option_sets(&v)
+                    .into_iter()
+                    .map(|o| open(o, &mut instances))
+                    .collect();
                 continue;
             }
         }
@@ -172,7 +209,11 @@ fn run_sample(name: &str, filters: &Path, sample: &Path, errors: &mut Vec<String
         } else {
             counts.non_failures += 1;
         }
-        if line.contains("from 192.0.2.7") || e.get("desc").and_then(Value::as_str).is_some_and(|d| d.contains("inject")) {
+        if line.contains("from 192.0.2.7")
+            || e.get("desc")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.contains("inject"))
+        {
             counts.injection = true;
         }
         for key in &current {
@@ -184,7 +225,11 @@ fn run_sample(name: &str, filters: &Path, sample: &Path, errors: &mut Vec<String
             };
             let first = found.iter().find(|f| f.fid.is_some() && !f.is_nofail());
             if let Some(problem) = check(&e, first) {
-                errors.push(format!("{}:{} [{key}]: {problem}\n    {line}", sample.display(), lineno + 1));
+                errors.push(format!(
+                    "{}:{} [{key}]: {problem}\n    {line}",
+                    sample.display(),
+                    lineno + 1
+                ));
             }
         }
     }
@@ -202,17 +247,40 @@ fn every_shipped_filter_passes_its_sample_log() {
     let mut tested = Vec::new();
     for entry in std::fs::read_dir(&filters).expect("filters/") {
         let path = entry.expect("dir entry").path();
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         if path.extension().is_none_or(|e| e != "conf") || name == "common" {
             continue;
         }
         let sample = samples.join(name);
-        assert!(sample.is_file(), "filter {name} has no sample log at {}", sample.display());
+        assert!(
+            sample.is_file(),
+            "filter {name} has no sample log at {}",
+            sample.display()
+        );
         let c = run_sample(name, &filters, &sample, &mut errors);
-        assert!(c.failures >= 5, "{name}: sample has {} lines that must match (need at least 5)", c.failures);
-        assert!(c.non_failures >= 3, "{name}: sample has {} lines that must not match (need at least 3)", c.non_failures);
+        assert!(
+            c.failures >= 5,
+            "{name}: sample has {} lines that must match (need at least 5)",
+            c.failures
+        );
+        assert!(
+            c.non_failures >= 3,
+            "{name}: sample has {} lines that must not match (need at least 3)",
+            c.non_failures
+        );
         tested.push(name.to_string());
     }
-    assert!(tested.len() >= 10, "only {} filters tested: {tested:?}", tested.len());
-    assert!(errors.is_empty(), "{} wrong lines:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        tested.len() >= 10,
+        "only {} filters tested: {tested:?}",
+        tested.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} wrong lines:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }

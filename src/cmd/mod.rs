@@ -13,11 +13,17 @@ pub enum CmdError {
     #[error("cannot read log file {path}: {cause}")]
     ReadLog { path: String, cause: std::io::Error },
     #[error(transparent)]
-    Filter(#[from] crate::filter::FilterError),
+    Filter(Box<crate::filter::FilterError>),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),
+}
+
+impl From<crate::filter::FilterError> for CmdError {
+    fn from(e: crate::filter::FilterError) -> Self {
+        CmdError::Filter(Box::new(e))
+    }
 }
 
 /// Reads a whole log file (or stdin for `-`).
@@ -49,7 +55,11 @@ pub fn open_log(path: &str) -> Result<Box<dyn Read>, CmdError> {
 
 /// Streams a log through [`for_each_line`] in fixed-size chunks, so memory
 /// stays bounded by the longest line, not the file.
-pub fn for_each_line_in(mut input: impl Read, path: &str, mut f: impl FnMut(&str)) -> Result<(), CmdError> {
+pub fn for_each_line_in(
+    mut input: impl Read,
+    path: &str,
+    mut f: impl FnMut(&str),
+) -> Result<(), CmdError> {
     const CHUNK: usize = 256 * 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut chunk = vec![0u8; CHUNK];

@@ -5,7 +5,9 @@
 
 use super::{for_each_line_in, open_log, CmdError};
 use crate::config::options::parse_named;
-use crate::filter::{read_filter, read_filter_at, FilterDefinition, FilterError, Filter, FilterOptions, FilterState};
+use crate::filter::{
+    read_filter, read_filter_at, Filter, FilterDefinition, FilterError, FilterOptions, FilterState,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,7 +36,9 @@ enum Source {
 fn classify(value: &str, filter_dir: &Path) -> Source {
     if let Ok(spec) = parse_named(value) {
         let p = Path::new(&spec.name);
-        let looks_like_path = spec.name.contains('/') || spec.name.ends_with(".conf") || spec.name.ends_with(".local");
+        let looks_like_path = spec.name.contains('/')
+            || spec.name.ends_with(".conf")
+            || spec.name.ends_with(".local");
         if looks_like_path && p.is_file() {
             return Source::File(p.to_path_buf(), value.to_string());
         }
@@ -52,18 +56,32 @@ fn load(value: &str, filter_dir: &Path) -> Result<(FilterDefinition, String), Cm
     match classify(value, filter_dir) {
         Source::File(path, spec) => {
             let named = parse_named(&spec).map_err(|e| CmdError::Usage(e.to_string()))?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("filter").to_string();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("filter")
+                .to_string();
             let base = path.with_extension("");
             let def = read_filter_at(&base, &stem, &named.options).map_err(FilterError::from)?;
-            let dir = path.parent().map(|d| d.display().to_string()).unwrap_or_default();
-            Ok((def, format!("Use   failregex filter file : {stem}, basedir: {dir}")))
+            let dir = path
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            Ok((
+                def,
+                format!("Use   failregex filter file : {stem}, basedir: {dir}"),
+            ))
         }
         Source::Named(spec) => {
             let named = parse_named(&spec).map_err(|e| CmdError::Usage(e.to_string()))?;
             let def = read_filter(filter_dir, &named).map_err(FilterError::from)?;
             Ok((
                 def,
-                format!("Use   failregex filter file : {}, basedir: {}", named.name, filter_dir.display()),
+                format!(
+                    "Use   failregex filter file : {}, basedir: {}",
+                    named.name,
+                    filter_dir.display()
+                ),
             ))
         }
         Source::Regex(r) => Ok((
@@ -252,12 +270,26 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     )?;
     writeln!(out, "[processed in {elapsed:.2} sec]")?;
     if state.regex_errors > 0 {
-        writeln!(out, "[{} lines exceeded the backtracking limit and counted as missed]", state.regex_errors)?;
+        writeln!(
+            out,
+            "[{} lines exceeded the backtracking limit and counted as missed]",
+            state.regex_errors
+        )?;
     }
     writeln!(out)?;
     for (kind, count, lines, all) in [
-        ("matched", st.matched, &st.matched_lines, args.print_all_matched),
-        ("ignored", st.ignored, &st.ignored_lines, args.print_all_ignored),
+        (
+            "matched",
+            st.matched,
+            &st.matched_lines,
+            args.print_all_matched,
+        ),
+        (
+            "ignored",
+            st.ignored,
+            &st.ignored_lines,
+            args.print_all_ignored,
+        ),
         ("missed", st.missed, &st.missed_lines, args.print_all_missed),
     ] {
         if kind == "matched" && !all {
@@ -270,7 +302,10 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         if all || (count as usize) < PRINT_MAX {
             pprint(&mut out, lines, Some(&header))?;
         } else {
-            writeln!(out, "{header} too many to print.  Use --print-all-{kind} to print all {count} lines")?;
+            writeln!(
+                out,
+                "{header} too many to print.  Use --print-all-{kind} to print all {count} lines"
+            )?;
         }
     }
     out.flush()?;

@@ -50,7 +50,8 @@ pub fn failure_json(f: &Failure) -> Value {
 }
 
 pub fn run(args: &TestFilterArgs) -> Result<(), CmdError> {
-    let spec = parse_named(args.spec).map_err(|e| CmdError::Usage(format!("bad filter spec: {e}")))?;
+    let spec =
+        parse_named(args.spec).map_err(|e| CmdError::Usage(format!("bad filter spec: {e}")))?;
     let def = read_filter(args.filter_dir, &spec).map_err(crate::filter::FilterError::from)?;
     let filter = Filter::compile(
         def,

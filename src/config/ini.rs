@@ -45,7 +45,10 @@ pub type Vars = IndexMap<String, String>;
 #[derive(Debug, thiserror::Error)]
 pub enum IniError {
     #[error("{}: cannot read: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{origin}: {msg}")]
     Syntax { origin: Origin, msg: String },
     #[error("{}: included file {} does not exist (named in [INCLUDES] {which}); fix the path or create the file", origin, path.display())]
@@ -116,7 +119,10 @@ pub fn parse_str(path: &Path, text: &str) -> Result<IniFile, IniError> {
         }
         let cur_indent = line.len() - line.trim_start().len();
         if cur_section.is_some() && cur_option.is_some() && cur_indent > indent_level {
-            let key = (cur_section.clone().unwrap_or_default(), cur_option.clone().unwrap_or_default());
+            let key = (
+                cur_section.clone().unwrap_or_default(),
+                cur_option.clone().unwrap_or_default(),
+            );
             if let Some(v) = pending.get_mut(&key) {
                 v.0.push(value.to_string());
             }
@@ -332,7 +338,12 @@ impl Config {
 
     /// `ConfigParser.get(section, option, vars=vars)`: `Ok(None)` if the
     /// section (other than `DEFAULT`) or the option does not exist.
-    pub fn get(&self, section: &str, option: &str, vars: &Vars) -> Result<Option<String>, IniError> {
+    pub fn get(
+        &self,
+        section: &str,
+        option: &str,
+        vars: &Vars,
+    ) -> Result<Option<String>, IniError> {
         let option = option.to_lowercase();
         if section != "DEFAULT" && !self.sections.contains_key(section) {
             return Ok(None);
@@ -359,7 +370,12 @@ impl Config {
     /// Fail2Ban's `get_ex`: like `get`, but `SECTION/OPTION` names another
     /// section's option (`known/OPTION` the value before the last override,
     /// falling back to the current one; `default/OPTION` the `[DEFAULT]` one).
-    pub fn get_ex(&self, section: &str, option: &str, vars: &Vars) -> Result<Option<String>, IniError> {
+    pub fn get_ex(
+        &self,
+        section: &str,
+        option: &str,
+        vars: &Vars,
+    ) -> Result<Option<String>, IniError> {
         if let Some((sec, opt)) = split_section_option(option) {
             let candidates: Vec<String> = match sec.to_lowercase().as_str() {
                 "known" => vec![format!("KNOWN/{section}"), section.to_string()],
@@ -379,7 +395,10 @@ impl Config {
 /// `SECTION/OPTION` as Fail2Ban writes cross-section references.
 pub fn split_section_option(name: &str) -> Option<(&str, &str)> {
     let (sec, opt) = name.split_once('/')?;
-    let sec_ok = !sec.is_empty() && sec.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    let sec_ok = !sec.is_empty()
+        && sec
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
     let opt_ok = !opt.is_empty() && !opt.chars().any(|c| c.is_whitespace() || c == '>');
     (sec_ok && opt_ok).then_some((sec, opt))
 }
@@ -388,7 +407,10 @@ pub fn split_section_option(name: &str) -> Option<(&str, &str)> {
 pub fn split_conditional(name: &str) -> Option<(&str, &str)> {
     let q = name.find('?')?;
     let base = &name[..q];
-    if q + 1 >= name.len() || base.is_empty() || !base.chars().all(|c| c.is_alphanumeric() || c == '_') {
+    if q + 1 >= name.len()
+        || base.is_empty()
+        || !base.chars().all(|c| c.is_alphanumeric() || c == '_')
+    {
         return None;
     }
     Some((base, &name[q..]))
@@ -419,7 +441,12 @@ impl Interpolation<'_> {
         if let Some(v) = self.vars.get(&key) {
             return Some(v.clone());
         }
-        if let Some(v) = self.cfg.sections.get(self.section).and_then(|s| s.get(&key)) {
+        if let Some(v) = self
+            .cfg
+            .sections
+            .get(self.section)
+            .and_then(|s| s.get(&key))
+        {
             return Some(v.text.clone());
         }
         if let Some(v) = self.cfg.defaults.get(&key) {
@@ -430,7 +457,13 @@ impl Interpolation<'_> {
         }
         let (sec, opt) = split_section_option(name)?;
         let opt = opt.to_lowercase();
-        let from = |s: &str| self.cfg.sections.get(s).and_then(|s| s.get(&opt)).map(|v| v.text.clone());
+        let from = |s: &str| {
+            self.cfg
+                .sections
+                .get(s)
+                .and_then(|s| s.get(&opt))
+                .map(|v| v.text.clone())
+        };
         let found = match sec.to_lowercase().as_str() {
             "default" => None,
             "known" => from(&format!("KNOWN/{}", self.section)),
@@ -536,7 +569,10 @@ fn read_ini(path: &Path) -> Result<IniFile, IniError> {
             file: Arc::from(path),
             line: 1,
         },
-        msg: format!("file is not valid UTF-8 (byte {}); convert it to UTF-8", e.utf8_error().valid_up_to()),
+        msg: format!(
+            "file is not valid UTF-8 (byte {}); convert it to UTF-8",
+            e.utf8_error().valid_up_to()
+        ),
     })?;
     parse_str(path, &text)
 }
@@ -569,7 +605,9 @@ fn collect_includes(
         let Some(value) = includes.and_then(|s| s.get(which)) else {
             continue;
         };
-        let text = cfg_one.get("INCLUDES", which, &Vars::new())?.unwrap_or_default();
+        let text = cfg_one
+            .get("INCLUDES", which, &Vars::new())?
+            .unwrap_or_default();
         for name in text.split('\n').map(str::trim).filter(|s| !s.is_empty()) {
             let target = if Path::new(name).is_absolute() {
                 PathBuf::from(name)
@@ -620,7 +658,10 @@ mod tests {
         let c = parse(
             "[Definition]\nFailRegex = ^a <HOST>$\n   ^b <HOST>$\n# comment\n\n    ^c ; inline\nother=x;y ; z\n",
         );
-        assert_eq!(get(&c, "Definition", "failregex").unwrap(), "^a <HOST>$\n^b <HOST>$\n\n^c");
+        assert_eq!(
+            get(&c, "Definition", "failregex").unwrap(),
+            "^a <HOST>$\n^b <HOST>$\n\n^c"
+        );
         assert_eq!(get(&c, "Definition", "other").unwrap(), "x;y");
     }
 
@@ -656,7 +697,10 @@ mod tests {
     #[test]
     fn syntax_errors_carry_file_and_line() {
         let e = parse_str(Path::new("x.conf"), "[A]\nok = 1\nthis line is wrong\n").unwrap_err();
-        assert_eq!(e.to_string(), "x.conf:3: expected 'name = value' or a [section] header, found \"this line is wrong\"");
+        assert_eq!(
+            e.to_string(),
+            "x.conf:3: expected 'name = value' or a [section] header, found \"this line is wrong\""
+        );
         let e = parse_str(Path::new("x.conf"), "k = v\n").unwrap_err();
         assert!(e.to_string().starts_with("x.conf:1:"));
     }
@@ -665,21 +709,47 @@ mod tests {
     fn includes_before_after_and_locals() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        std::fs::write(p.join("common.conf"), "[INCLUDES]\nafter = common.local\n[DEFAULT]\nc = common\n").unwrap();
+        std::fs::write(
+            p.join("common.conf"),
+            "[INCLUDES]\nafter = common.local\n[DEFAULT]\nc = common\n",
+        )
+        .unwrap();
         std::fs::write(p.join("common.local"), "[DEFAULT]\nc = common-local\n").unwrap();
-        std::fs::write(p.join("f.conf"), "[INCLUDES]\nbefore = common.conf\n[Definition]\nv = %(c)s\n").unwrap();
+        std::fs::write(
+            p.join("f.conf"),
+            "[INCLUDES]\nbefore = common.conf\n[Definition]\nv = %(c)s\n",
+        )
+        .unwrap();
         std::fs::write(p.join("f.local"), "[Definition]\nv = %(known/v)s+local\n").unwrap();
         std::fs::create_dir(p.join("f.d")).unwrap();
         std::fs::write(p.join("f.d/a.conf"), "[Definition]\nw = d\n").unwrap();
         let c = Config::read_layered(&p.join("f")).unwrap().unwrap();
-        let names: Vec<String> = c.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into()).collect();
+        let names: Vec<String> = c
+            .files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into())
+            .collect();
         // as in Fail2Ban, common.local is read twice (as common.conf's twin and
         // as its `after` include); reading it again changes nothing
-        assert_eq!(names, ["common.conf", "common.local", "common.local", "f.conf", "a.conf", "f.local"]);
+        assert_eq!(
+            names,
+            [
+                "common.conf",
+                "common.local",
+                "common.local",
+                "f.conf",
+                "a.conf",
+                "f.local"
+            ]
+        );
         assert_eq!(get(&c, "Definition", "v").unwrap(), "common-local+local");
         assert_eq!(get(&c, "Definition", "w").unwrap(), "d");
         assert!(Config::read_layered(&p.join("missing")).unwrap().is_none());
-        std::fs::write(p.join("g.conf"), "[INCLUDES]\nbefore = nothere.conf\n[Definition]\n").unwrap();
+        std::fs::write(
+            p.join("g.conf"),
+            "[INCLUDES]\nbefore = nothere.conf\n[Definition]\n",
+        )
+        .unwrap();
         let e = Config::read_layered(&p.join("g")).unwrap_err().to_string();
         assert!(e.contains("nothere.conf") && e.contains("g.conf:2"), "{e}");
     }

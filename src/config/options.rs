@@ -35,7 +35,10 @@ pub fn parse_named(spec: &str) -> Result<NamedOptions, OptionSyntaxError> {
             if !trimmed.ends_with(']') {
                 return Err(err("missing closing ']'".into()));
             }
-            (&trimmed[..open], Some(&trimmed[open + 1..trimmed.len() - 1]))
+            (
+                &trimmed[..open],
+                Some(&trimmed[open + 1..trimmed.len() - 1]),
+            )
         }
     };
     let name = name.trim();
@@ -213,7 +216,16 @@ mod tests {
 
     #[test]
     fn split_several_references() {
-        let v = split_references("iptables[name=SSH, port=\"22 2222\"]\n   sendmail-whois[dest=a@b]  dummy");
-        assert_eq!(v, ["iptables[name=SSH, port=\"22 2222\"]", "sendmail-whois[dest=a@b]", "dummy"]);
+        let v = split_references(
+            "iptables[name=SSH, port=\"22 2222\"]\n   sendmail-whois[dest=a@b]  dummy",
+        );
+        assert_eq!(
+            v,
+            [
+                "iptables[name=SSH, port=\"22 2222\"]",
+                "sendmail-whois[dest=a@b]",
+                "dummy"
+            ]
+        );
     }
 }

@@ -19,7 +19,10 @@ pub enum DateError {
     #[error("datepattern {pattern:?}: {msg}")]
     Pattern { pattern: String, msg: String },
     #[error("datepattern {pattern:?} does not compile: {cause}")]
-    Regex { pattern: String, cause: PatternError },
+    Regex {
+        pattern: String,
+        cause: PatternError,
+    },
     #[error("there is already a date template named {0:?}")]
     Duplicate(String),
     #[error("unknown or unsupported time zone {0:?} (use UTC, UTC+hhmm, -hh:mm or an abbreviation like CET)")]
@@ -210,7 +213,9 @@ fn year_re() -> &'static str {
     })
 }
 
-const DIRECTIVE_KEYS: [&str; 11] = ["ExZ", "Exz", "Exd", "Exm", "ExH", "Exk", "Exl", "ExM", "ExS", "ExY", "Exy"];
+const DIRECTIVE_KEYS: [&str; 11] = [
+    "ExZ", "Exz", "Exd", "Exm", "ExH", "Exk", "Exl", "ExM", "ExS", "ExY", "Exy",
+];
 const SINGLE_KEYS: &str = "dfHIGjmMSUwuVyYzAaBbpZ%WcxXkl";
 
 /// Expands strptime directives: returns (name, regex).
@@ -303,7 +308,14 @@ fn unbound_pattern(p: &str) -> String {
 }
 
 impl DateTemplate {
-    fn build(name: String, pattern: Option<String>, regex: &str, wb: WordBegin, we: bool, kind: Kind) -> Result<DateTemplate, DateError> {
+    fn build(
+        name: String,
+        pattern: Option<String>,
+        regex: &str,
+        wb: WordBegin,
+        we: bool,
+        kind: Kind,
+    ) -> Result<DateTemplate, DateError> {
         let s = shapes();
         let mut name = name;
         let mut regex = regex.trim().to_string();
@@ -339,7 +351,12 @@ impl DateTemplate {
         if flags & LINE_END == 0 && fancy_is_match(&s.line_end, &regex) {
             flags |= LINE_END;
         }
-        regex = s.del_bounds.replace_all(&regex, |c: &fancy_regex::Captures<str>| c[0].replace("**", "")).into_owned();
+        regex = s
+            .del_bounds
+            .replace_all(&regex, |c: &fancy_regex::Captures<str>| {
+                c[0].replace("**", "")
+            })
+            .into_owned();
         if let Some(g) = gf {
             regex = format!("{g}{regex}");
         }
@@ -391,10 +408,21 @@ impl DateTemplate {
         if fancy_is_match(&shapes().alpha, p) {
             regex = format!("(?iu){regex}");
         }
-        DateTemplate::build(name, Some(pattern.to_string()), &regex, wb, we, Kind::Pattern { fields: Vec::new() })
+        DateTemplate::build(
+            name,
+            Some(pattern.to_string()),
+            &regex,
+            wb,
+            we,
+            Kind::Pattern { fields: Vec::new() },
+        )
     }
 
-    fn epoch(line_begin_only: bool, pattern: Option<&str>, long: bool) -> Result<DateTemplate, DateError> {
+    fn epoch(
+        line_begin_only: bool,
+        pattern: Option<&str>,
+        long: bool,
+    ) -> Result<DateTemplate, DateError> {
         let epoch_re = if long {
             r"\d{10,11}(?:\d{3}(?:\.\d{1,6}|\d{3})?)?"
         } else {
@@ -403,27 +431,59 @@ impl DateTemplate {
         let default_name = if long { "LongEpoch" } else { "Epoch" };
         match pattern {
             Some(p) => {
-                let inner = shapes().epoch.replace_all(p, |_: &fancy_regex::Captures<str>| format!("({epoch_re})"));
+                let inner = shapes()
+                    .epoch
+                    .replace_all(p, |_: &fancy_regex::Captures<str>| format!("({epoch_re})"));
                 let regex = format!("({inner})");
-                DateTemplate::build(p.to_string(), None, &regex, WordBegin::Yes, true, Kind::Epoch { long, group: 2 })
+                DateTemplate::build(
+                    p.to_string(),
+                    None,
+                    &regex,
+                    WordBegin::Yes,
+                    true,
+                    Kind::Epoch { long, group: 2 },
+                )
             }
             None if !line_begin_only => {
-                let regex = format!(
-                    r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\()))%s)(?:(?(selinux)(?=:\d+\)))|(?(square)(?=\])))"
-                )
+                let regex = r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\()))%s)(?:(?(selinux)(?=:\d+\)))|(?(square)(?=\])))".to_string()
                 .replace("%s", epoch_re);
-                DateTemplate::build(default_name.to_string(), None, &regex, WordBegin::No, true, Kind::Epoch { long, group: 1 })
+                DateTemplate::build(
+                    default_name.to_string(),
+                    None,
+                    &regex,
+                    WordBegin::No,
+                    true,
+                    Kind::Epoch { long, group: 1 },
+                )
             }
             None => {
                 let regex = format!(r"((?P<square>(?<=^\[))?{epoch_re})(?(square)(?=\]))");
-                DateTemplate::build(default_name.to_string(), None, &regex, WordBegin::Start, true, Kind::Epoch { long, group: 1 })
+                DateTemplate::build(
+                    default_name.to_string(),
+                    None,
+                    &regex,
+                    WordBegin::Start,
+                    true,
+                    Kind::Epoch { long, group: 1 },
+                )
             }
         }
     }
 
     fn tai64n(start: bool) -> Result<DateTemplate, DateError> {
-        let wb = if start { WordBegin::Start } else { WordBegin::No };
-        DateTemplate::build("TAI64N".to_string(), None, "@[0-9a-f]{24}", wb, true, Kind::Tai64n)
+        let wb = if start {
+            WordBegin::Start
+        } else {
+            WordBegin::No
+        };
+        DateTemplate::build(
+            "TAI64N".to_string(),
+            None,
+            "@[0-9a-f]{24}",
+            wb,
+            true,
+            Kind::Tai64n,
+        )
     }
 
     /// Fail2Ban's `_getPatternTemplate`.
@@ -438,8 +498,12 @@ impl DateTemplate {
                 return DateTemplate::epoch(false, Some(pattern), key.contains("LEPOCH"));
             }
             match key.as_str() {
-                "EPOCH" | "{^LN-BEG}EPOCH" | "^EPOCH" => return DateTemplate::epoch(key != "EPOCH", None, false),
-                "LEPOCH" | "{^LN-BEG}LEPOCH" | "^LEPOCH" => return DateTemplate::epoch(key != "LEPOCH", None, true),
+                "EPOCH" | "{^LN-BEG}EPOCH" | "^EPOCH" => {
+                    return DateTemplate::epoch(key != "EPOCH", None, false)
+                }
+                "LEPOCH" | "{^LN-BEG}LEPOCH" | "^LEPOCH" => {
+                    return DateTemplate::epoch(key != "LEPOCH", None, true)
+                }
                 _ => {}
             }
         }
@@ -488,7 +552,9 @@ fn defaults() -> &'static Defaults {
         let plain: Vec<Arc<DateTemplate>> = DEFAULT_PATTERNS
             .iter()
             .filter(|p| !p.is_empty())
-            .map(|p| Arc::new(DateTemplate::for_pattern(p).expect("default date template compiles")))
+            .map(|p| {
+                Arc::new(DateTemplate::for_pattern(p).expect("default date template compiles"))
+            })
             .collect();
         let mut anchored = Vec::new();
         for t in &plain {
@@ -496,7 +562,8 @@ fn defaults() -> &'static Defaults {
                 continue;
             }
             let source = t.pattern.clone().unwrap_or_else(|| t.name.clone());
-            let mut copy = DateTemplate::for_pattern(&format!("{{^LN-BEG}}{source}")).expect("anchored default template compiles");
+            let mut copy = DateTemplate::for_pattern(&format!("{{^LN-BEG}}{source}"))
+                .expect("anchored default template compiles");
             if copy.name != t.name {
                 copy.weight = 100.0;
                 anchored.push(Arc::new(copy));
@@ -606,7 +673,10 @@ fn zone_abbr_offset(abbr: &str) -> Option<i32> {
         (-6.0, "S CST EAST GALT HAR HNC MDT"),
         (-5.0, "R CDT COT EASST ECT EST ET HAC HNE PET"),
         (-4.0, "Q AST BOT CLT COST EDT FKT GYT HAE HNA PYT"),
-        (-3.0, "P ADT ART BRT CLST FKST GFT HAA PMST PYST SRT UYT WGT"),
+        (
+            -3.0,
+            "P ADT ART BRT CLST FKST GFT HAA PMST PYST SRT UYT WGT",
+        ),
         (-2.0, "O BRST FNT PMDT UYST WGST"),
         (-1.0, "N AZOT CVT EGT"),
         (0.0, "Z EGST GMT UTC WET WT"),
@@ -614,14 +684,23 @@ fn zone_abbr_offset(abbr: &str) -> Option<i32> {
         (2.0, "B CAT CEDT CEST EET SAST WAST"),
         (3.0, "C EAT EEDT EEST IDT MSK"),
         (4.0, "D AMT AZT GET GST KUYT MSD MUT RET SAMT SCT"),
-        (5.0, "E AMST AQTT AZST HMT MAWT MVT PKT TFT TJT TMT UZT YEKT"),
+        (
+            5.0,
+            "E AMST AQTT AZST HMT MAWT MVT PKT TFT TJT TMT UZT YEKT",
+        ),
         (6.0, "F ALMT BIOT BTT IOT KGT NOVT OMST YEKST"),
         (7.0, "G CXT DAVT HOVT ICT KRAT NOVST OMSST THA WIB"),
-        (8.0, "H ACT AWST BDT BNT CAST HKT IRKT KRAST MYT PHT SGT ULAT WITA WST"),
+        (
+            8.0,
+            "H ACT AWST BDT BNT CAST HKT IRKT KRAST MYT PHT SGT ULAT WITA WST",
+        ),
         (9.0, "I AWDT IRKST JST KST PWT TLT WDT WIT YAKT"),
         (10.0, "K AEST ChST PGT VLAT YAKST YAPT"),
         (11.0, "L AEDT LHDT MAGT NCT PONT SBT VLAST VUT"),
-        (12.0, "M ANAST ANAT FJT GILT MAGST MHT NZST PETST PETT TVT WFT"),
+        (
+            12.0,
+            "M ANAST ANAT FJT GILT MAGST MHT NZST PETST PETT TVT WFT",
+        ),
         (13.0, "FJST NZDT"),
         (11.5, "NFT"),
         (10.5, "ACDT LHST"),
@@ -654,7 +733,8 @@ fn zone_offset(z: &str) -> Option<i32> {
     let split = z.find(['+', '-']).unwrap_or(z.len());
     let (abbr, off) = z.split_at(split);
     let abbr_ok = abbr.is_empty()
-        || ((abbr.len() == 1 || (3..=5).contains(&abbr.len())) && abbr.chars().all(|c| c.is_ascii_uppercase()));
+        || ((abbr.len() == 1 || (3..=5).contains(&abbr.len()))
+            && abbr.chars().all(|c| c.is_ascii_uppercase()));
     if !abbr_ok {
         return None;
     }
@@ -666,13 +746,17 @@ fn zone_offset(z: &str) -> Option<i32> {
     let digits = &off[1..];
     let b = digits.as_bytes();
     let two = |s: &[u8]| -> Option<i32> {
-        (s.len() == 2 && s.iter().all(u8::is_ascii_digit)).then(|| ((s[0] - b'0') * 10 + (s[1] - b'0')) as i32)
+        (s.len() == 2 && s.iter().all(u8::is_ascii_digit))
+            .then(|| ((s[0] - b'0') * 10 + (s[1] - b'0')) as i32)
     };
-    let valid_hour = |h: &[u8]| h.len() == 2 && (h[0] == b'0' || h[0] == b'1') && h[1].is_ascii_digit();
+    let valid_hour =
+        |h: &[u8]| h.len() == 2 && (h[0] == b'0' || h[0] == b'1') && h[1].is_ascii_digit();
     match b.len() {
         2 if valid_hour(b) => Some(base + sign * two(b)? * 60),
         4 if valid_hour(&b[..2]) => Some(base + sign * (two(&b[..2])? * 60 + two(&b[2..])?)),
-        5 if valid_hour(&b[..2]) && b[2] == b':' => Some(base + sign * (two(&b[..2])? * 60 + two(&b[3..])?)),
+        5 if valid_hour(&b[..2]) && b[2] == b':' => {
+            Some(base + sign * (two(&b[..2])? * 60 + two(&b[3..])?))
+        }
         _ => None,
     }
 }
@@ -747,11 +831,19 @@ pub fn local_naive(epoch: f64) -> NaiveDateTime {
         tm
     };
     NaiveDate::from_ymd_opt(tm.tm_year + 1900, (tm.tm_mon + 1) as u32, tm.tm_mday as u32)
-        .and_then(|d| d.and_hms_opt(tm.tm_hour as u32, tm.tm_min as u32, tm.tm_sec.min(59) as u32))
+        .and_then(|d| {
+            d.and_hms_opt(
+                tm.tm_hour as u32,
+                tm.tm_min as u32,
+                tm.tm_sec.min(59) as u32,
+            )
+        })
         .unwrap_or_default()
 }
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const MONTHS_FULL: [&str; 12] = [
     "january",
     "february",
@@ -767,7 +859,15 @@ const MONTHS_FULL: [&str; 12] = [
     "december",
 ];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-const DAYS_FULL: [&str; 7] = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+const DAYS_FULL: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 
 /// Fail2Ban's `reGroupDictStrptime`: epoch seconds from the directive
 /// groups, `None` where Python raises (impossible dates, unknown zones).
@@ -794,7 +894,9 @@ fn strptime(
         .map(str::to_lowercase)
         .unwrap_or_default();
     for &(f, g) in fields {
-        let Some(v) = slots.text(text, g) else { continue };
+        let Some(v) = slots.text(text, g) else {
+            continue;
+        };
         let num = || v.trim().parse::<u32>().ok();
         match f {
             Field::LowerY => {
@@ -806,8 +908,12 @@ fn strptime(
             }
             Field::Y => year = Some(num()? as i32),
             Field::M => month = Some(num()?),
-            Field::BigB => month = Some(MONTHS_FULL.iter().position(|m| *m == v.to_lowercase())? as u32 + 1),
-            Field::B => month = Some(MONTHS.iter().position(|m| *m == v.to_lowercase())? as u32 + 1),
+            Field::BigB => {
+                month = Some(MONTHS_FULL.iter().position(|m| *m == v.to_lowercase())? as u32 + 1)
+            }
+            Field::B => {
+                month = Some(MONTHS.iter().position(|m| *m == v.to_lowercase())? as u32 + 1)
+            }
             Field::D => day = Some(num()?),
             Field::H => hour = num()?,
             Field::I => {
@@ -823,7 +929,9 @@ fn strptime(
             Field::Min => minute = num()?,
             Field::S => second = num()?,
             Field::A => weekday = Some(DAYS.iter().position(|d| *d == v.to_lowercase())? as u32),
-            Field::BigA => weekday = Some(DAYS_FULL.iter().position(|d| *d == v.to_lowercase())? as u32),
+            Field::BigA => {
+                weekday = Some(DAYS_FULL.iter().position(|d| *d == v.to_lowercase())? as u32)
+            }
             Field::W => weekday = Some((num()? + 6) % 7),
             Field::J => julian = Some(num()?),
             Field::U => week = Some((num()?, false)),
@@ -849,7 +957,8 @@ fn strptime(
             }
         }
         if let Some(j) = julian {
-            let d = NaiveDate::from_ymd_opt(year, 1, 1)?.checked_add_signed(Duration::days(i64::from(j) - 1))?;
+            let d = NaiveDate::from_ymd_opt(year, 1, 1)?
+                .checked_add_signed(Duration::days(i64::from(j) - 1))?;
             month = Some(d.month());
             day = Some(d.day());
         }
@@ -864,7 +973,8 @@ fn strptime(
         return None;
     }
     let (month, day) = (month.unwrap_or(1), day.unwrap_or(1));
-    let mut result = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    let mut result =
+        NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
     if tzoffset.is_none() {
         tzoffset = default_tz;
     }
@@ -885,7 +995,9 @@ fn strptime(
 
 /// Python's `_calc_julian_from_U_or_W`.
 fn julian_from_week(year: i32, week: u32, weekday: u32, monday_first: bool) -> Option<u32> {
-    let first = NaiveDate::from_ymd_opt(year, 1, 1)?.weekday().num_days_from_monday();
+    let first = NaiveDate::from_ymd_opt(year, 1, 1)?
+        .weekday()
+        .num_days_from_monday();
     let (first_weekday, day_of_week) = if monday_first {
         (first, weekday)
     } else {
@@ -999,11 +1111,21 @@ impl DateState {
     /// Searches one template (by position in the adaptive order), in
     /// `line[start..end]` where a range is given (Python's pos/endpos).
     /// Returns (match start, match end, date start, date end, range end).
-    fn try_template(&mut self, det: &DateDetector, pos: usize, line: &str, range: Option<(usize, usize)>) -> Option<(usize, usize, usize, usize, usize)> {
+    fn try_template(
+        &mut self,
+        det: &DateDetector,
+        pos: usize,
+        line: &str,
+        range: Option<(usize, usize)>,
+    ) -> Option<(usize, usize, usize, usize, usize)> {
         let t = self.order[pos].template;
         let tmpl = &det.templates[t];
         let (start, end) = match range {
-            Some((s, e)) if s <= e.min(line.len()) && line.is_char_boundary(s) && line.is_char_boundary(e.min(line.len())) => {
+            Some((s, e))
+                if s <= e.min(line.len())
+                    && line.is_char_boundary(s)
+                    && line.is_char_boundary(e.min(line.len())) =>
+            {
                 (s, e.min(line.len()))
             }
             _ => (0, line.len()),
@@ -1117,8 +1239,14 @@ impl DateState {
     fn reorder(&mut self, det: &DateDetector, num: usize) -> usize {
         let untime = self.order[num].last_used - UNUSED_TIME;
         let weight = self.order[num].weight(&det.templates);
-        let mut pos = if self.first_unused < num { self.first_unused } else { num / 2 };
-        let movable = |order: &Vec<Slot>, pos: usize| weight > order[pos].weight(&det.templates) || untime > order[pos].last_used;
+        let mut pos = if self.first_unused < num {
+            self.first_unused
+        } else {
+            num / 2
+        };
+        let movable = |order: &Vec<Slot>, pos: usize| {
+            weight > order[pos].weight(&det.templates) || untime > order[pos].last_used
+        };
         if !movable(&self.order, pos) {
             if pos == num - 1 {
                 return num;
@@ -1138,9 +1266,16 @@ impl DateState {
 
     /// Epoch seconds of the date found by [`match_time`](Self::match_time);
     /// `None` if the text is not a valid date.
-    pub fn get_time(&mut self, det: &DateDetector, line: &str, m: &DateMatch, now: f64) -> Option<f64> {
+    pub fn get_time(
+        &mut self,
+        det: &DateDetector,
+        line: &str,
+        m: &DateMatch,
+        now: f64,
+    ) -> Option<f64> {
         let tmpl = &det.templates[m.template];
-        if !matches!(tmpl.kind, Kind::Tai64n) && self.slots_for != Some((m.template, m.match_start)) {
+        if !matches!(tmpl.kind, Kind::Tai64n) && self.slots_for != Some((m.template, m.match_start))
+        {
             // another template was tried after the winner: find its groups again
             let hay = line.get(..m.range_end).unwrap_or(line);
             if !tmpl.regex.search_at(hay, m.match_start, &mut self.slots) {
@@ -1149,7 +1284,14 @@ impl DateState {
             self.slots_for = Some((m.template, m.match_start));
         }
         match &tmpl.kind {
-            Kind::Pattern { fields } => strptime(line, &self.slots, fields, det.default_tz, now, &mut self.clock),
+            Kind::Pattern { fields } => strptime(
+                line,
+                &self.slots,
+                fields,
+                det.default_tz,
+                now,
+                &mut self.clock,
+            ),
             Kind::Epoch { long, group } => {
                 let v = self.slots.text(line, *group)?;
                 let f: f64 = v.parse().ok()?;
@@ -1182,7 +1324,12 @@ mod tests {
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> f64 {
-        NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, s).unwrap().and_utc().timestamp() as f64
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, s)
+            .unwrap()
+            .and_utc()
+            .timestamp() as f64
     }
 
     #[test]

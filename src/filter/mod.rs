@@ -25,20 +25,34 @@ pub use tags::UseDns;
 pub enum FilterError {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("filter '{name}': {what} does not compile: {cause}; the regex is {pattern:?}{}", in_file(file))]
+    #[error(
+        "filter '{name}': {what} does not compile: {cause}; the regex is {pattern:?}{}",
+        in_file(file)
+    )]
     Regex {
         name: String,
         what: String,
         pattern: String,
         file: String,
-        cause: PatternError,
+        cause: Box<PatternError>,
     },
-    #[error("filter '{name}': {what} has no failure id group: add <HOST>, <ADDR> or <F-ID>...</F-ID>{}", in_file(file))]
-    NoFailureId { name: String, what: String, file: String },
+    #[error(
+        "filter '{name}': {what} has no failure id group: add <HOST>, <ADDR> or <F-ID>...</F-ID>{}",
+        in_file(file)
+    )]
+    NoFailureId {
+        name: String,
+        what: String,
+        file: String,
+    },
     #[error("filter '{name}' has no failregex{}", in_file(file))]
     NoFailRegex { name: String, file: String },
     #[error("filter '{name}': {cause}{}", in_file(file))]
-    Date { name: String, file: String, cause: DateError },
+    Date {
+        name: String,
+        file: String,
+        cause: Box<DateError>,
+    },
 }
 
 fn in_file(file: &str) -> String {
@@ -63,7 +77,9 @@ impl TupleLine {
         format!("{}{}{}", self.pre, self.date, self.post)
     }
     fn stripped_eq(&self, s: &str) -> bool {
-        s.len() == self.pre.len() + self.post.len() && s.starts_with(&self.pre) && s.ends_with(&self.post)
+        s.len() == self.pre.len() + self.post.len()
+            && s.starts_with(&self.pre)
+            && s.ends_with(&self.post)
     }
     fn set(&mut self, pre: &str, date: &str, post: &str) {
         self.pre.clear();
@@ -235,9 +251,16 @@ impl CompiledRegex {
             named.push((i, Arc::from(n.as_str())));
             if let Some(rest) = n.strip_prefix("alt_") {
                 let base = strip_numeric_suffix(rest);
-                alts.push((n.clone(), i, Arc::from(tags::custom_group_name(base).as_str())));
+                alts.push((
+                    n.clone(),
+                    i,
+                    Arc::from(tags::custom_group_name(base).as_str()),
+                ));
             }
-            if let Some(k) = n.strip_prefix("skiplines").and_then(|k| k.parse::<usize>().ok()) {
+            if let Some(k) = n
+                .strip_prefix("skiplines")
+                .and_then(|k| k.parse::<usize>().ok())
+            {
                 skip.push((k, i));
             }
         }
@@ -266,7 +289,7 @@ impl CompiledRegex {
         );
         for (i, target) in &self.alts {
             if let Some(v) = slots.text(hay, *i).filter(|v| !v.is_empty()) {
-                if !truthy(g.get(&**target)) {
+                if !truthy(g.get(target)) {
                     g.insert(target.clone(), Some(Value::from(v)));
                 }
             }
@@ -319,28 +342,40 @@ impl Filter {
             what,
             pattern: pattern.to_string(),
             file: file.clone(),
-            cause,
+            cause: Box::new(cause),
         };
-        let use_dns = def.usedns.as_deref().and_then(UseDns::parse).unwrap_or(options.use_dns);
+        let use_dns = def
+            .usedns
+            .as_deref()
+            .and_then(UseDns::parse)
+            .unwrap_or(options.use_dns);
         let maxlines = def.maxlines.unwrap_or(1);
         let multiline = maxlines > 1;
         let prefregex = match &def.prefregex {
-            Some(p) => Some(CompiledRegex::new(p, false, use_dns).map_err(|e| regex_err("prefregex".into(), p, e))?),
+            Some(p) => Some(
+                CompiledRegex::new(p, false, use_dns)
+                    .map_err(|e| regex_err("prefregex".into(), p, e))?,
+            ),
             None => None,
         };
-        let pref_has_id = prefregex
-            .as_ref()
-            .is_some_and(|p| ID_GROUPS.iter().chain(["mlfid"].iter()).any(|g| p.has_group(g)));
+        let pref_has_id = prefregex.as_ref().is_some_and(|p| {
+            ID_GROUPS
+                .iter()
+                .chain(["mlfid"].iter())
+                .any(|g| p.has_group(g))
+        });
         let mut failregex = Vec::new();
         for (i, r) in def.failregex.iter().enumerate() {
             let what = format!("failregex {}", i + 1);
-            let c = CompiledRegex::new(r, multiline, use_dns).map_err(|e| regex_err(what.clone(), r, e))?;
-            if !pref_has_id && !ID_GROUPS.iter().chain(["mlfid"].iter()).any(|g| c.has_group(g)) {
-                return Err(FilterError::NoFailureId {
-                    name,
-                    what,
-                    file,
-                });
+            let c = CompiledRegex::new(r, multiline, use_dns)
+                .map_err(|e| regex_err(what.clone(), r, e))?;
+            if !pref_has_id
+                && !ID_GROUPS
+                    .iter()
+                    .chain(["mlfid"].iter())
+                    .any(|g| c.has_group(g))
+            {
+                return Err(FilterError::NoFailureId { name, what, file });
             }
             failregex.push(c);
         }
@@ -349,12 +384,15 @@ impl Filter {
         }
         let mut ignoreregex = Vec::new();
         for (i, r) in def.ignoreregex.iter().enumerate() {
-            ignoreregex.push(CompiledRegex::new(r, false, use_dns).map_err(|e| regex_err(format!("ignoreregex {}", i + 1), r, e))?);
+            ignoreregex.push(
+                CompiledRegex::new(r, false, use_dns)
+                    .map_err(|e| regex_err(format!("ignoreregex {}", i + 1), r, e))?,
+            );
         }
         let date_err = |cause| FilterError::Date {
             name: name.clone(),
             file: file.clone(),
-            cause,
+            cause: Box::new(cause),
         };
         let mut dates = match &def.datepattern {
             Some(p) => DateDetector::from_datepattern(p).map_err(date_err)?,
@@ -365,7 +403,10 @@ impl Filter {
         }
         dates.default_tz = options.log_tz;
         let prefilter = if maxlines == 1 {
-            let pats: Vec<&str> = failregex.iter().map(|r| r.pattern.std_regex().as_str()).collect();
+            let pats: Vec<&str> = failregex
+                .iter()
+                .map(|r| r.pattern.std_regex().as_str())
+                .collect();
             Prefilter::new(&pats)
         } else {
             None
@@ -402,7 +443,10 @@ impl Filter {
     }
     /// Regexes that run on the backtracking engine (for reports).
     pub fn fancy_regexes(&self) -> usize {
-        self.failregex.iter().filter(|r| r.pattern.is_fancy()).count()
+        self.failregex
+            .iter()
+            .filter(|r| r.pattern.is_fancy())
+            .count()
     }
 }
 
@@ -470,7 +514,8 @@ impl MlfidCache {
         );
         if self.order.len() > 4 * MLFID_MAX {
             let entries = &self.entries;
-            self.order.retain(|(s, key)| entries.get(key).is_some_and(|e| e.seq == *s));
+            self.order
+                .retain(|(s, key)| entries.get(key).is_some_and(|e| e.seq == *s));
         }
     }
 }
@@ -527,7 +572,9 @@ fn split_matched(
     if org.len() <= 1 {
         return (org.to_vec(), Vec::new());
     }
-    let line_start = buf[..(start + 1).min(buf.len())].rfind('\n').map_or(0, |p| p + 1);
+    let line_start = buf[..(start + 1).min(buf.len())]
+        .rfind('\n')
+        .map_or(0, |p| p + 1);
     let from = end.saturating_sub(1).min(buf.len());
     let line_end = buf[from..].find('\n').map_or(buf.len(), |p| from + p + 1);
     let c1 = buf[..line_start].matches('\n').count().min(org.len());
@@ -536,7 +583,10 @@ fn split_matched(
     let mut unmatched: Vec<Arc<TupleLine>> = org[..c1].to_vec();
     let mut n = 0;
     for s in skipped {
-        if let Some(m) = matched[n.min(matched.len())..].iter().position(|l| l.stripped_eq(s)) {
+        if let Some(m) = matched[n.min(matched.len())..]
+            .iter()
+            .position(|l| l.stripped_eq(s))
+        {
             unmatched.push(matched.remove(n + m));
             n += m;
         }
@@ -607,7 +657,13 @@ impl FilterState {
 
     /// Processes one message whose time is known (journal, syslog header):
     /// the whole message is what the regexes see.
-    pub fn process_dated(&mut self, filter: &Filter, message: &str, time: f64, time_text: &str) -> Vec<Failure> {
+    pub fn process_dated(
+        &mut self,
+        filter: &Filter,
+        message: &str,
+        time: f64,
+        time_text: &str,
+    ) -> Vec<Failure> {
         self.current.set("", time_text, message);
         self.last_time_text.clear();
         self.last_time_text.push_str(time_text);
@@ -620,7 +676,12 @@ impl FilterState {
     }
 
     /// Runs ignoreregexes; returns the first that matched.
-    fn ignore_line(&mut self, filter: &Filter, buf: &str, matched_lines: Option<&[Arc<TupleLine>]>) -> Option<usize> {
+    fn ignore_line(
+        &mut self,
+        filter: &Filter,
+        buf: &str,
+        matched_lines: Option<&[Arc<TupleLine>]>,
+    ) -> Option<usize> {
         let owned;
         let hay: &str = match &matched_lines {
             Some(lines) if filter.maxlines > 1 => {
@@ -766,12 +827,18 @@ impl FilterState {
                 groups: fr.groups(hay, &self.slots),
                 ..FailData::default()
             };
-            let skipped = if multi { fr.skipped_lines(hay, &self.slots) } else { Vec::new() };
+            let skipped = if multi {
+                fr.skipped_lines(hay, &self.slots)
+            } else {
+                Vec::new()
+            };
             if !multi && org.is_empty() {
                 org.push(Arc::new(current.clone()));
             }
             let (matched, unmatched) = split_matched(hay, ms, me, &org, &skipped);
-            if !filter.ignoreregex.is_empty() && self.ignore_line(filter, hay, Some(&matched)).is_some() {
+            if !filter.ignoreregex.is_empty()
+                && self.ignore_line(filter, hay, Some(&matched)).is_some()
+            {
                 if !check_all || multi {
                     if multi {
                         self.line_buffer = unmatched;
@@ -867,7 +934,13 @@ impl FilterState {
     /// Fail2Ban's `_mergeFailure`: combines a failure with what is known
     /// about its `<F-MLFID>` connection. Returns the merged data and whether
     /// it is (still) cached.
-    fn merge_failure(&mut self, mlfid: &str, mut fail: FailData, matched: &[Arc<TupleLine>], now: f64) -> (FailData, bool) {
+    fn merge_failure(
+        &mut self,
+        mlfid: &str,
+        mut fail: FailData,
+        matched: &[Arc<TupleLine>],
+        now: f64,
+    ) -> (FailData, bool) {
         let mut flags = 0u8;
         if fail.truthy("mlfgained") {
             flags |= 8 | 1;
@@ -885,9 +958,9 @@ impl FilterState {
         let forget = flags & 2 != 0;
         let users;
         // the merged data: the cached entry updated in place, or this failure
-        let mut entry = self.mlfid.get(mlfid, now).map(|e| &mut e.data);
+        let entry = self.mlfid.get(mlfid, now).map(|e| &mut e.data);
         let was_cached = entry.is_some();
-        let merged: &mut FailData = match entry.as_deref_mut() {
+        let merged: &mut FailData = match entry {
             Some(g) => {
                 users = g.update_users(user);
                 if truthy(g.pop("nofail").as_ref()) {
@@ -906,7 +979,11 @@ impl FilterState {
                 g
             }
             None => {
-                users = if forget { None } else { fail.update_users(user) };
+                users = if forget {
+                    None
+                } else {
+                    fail.update_users(user)
+                };
                 &mut fail
             }
         };

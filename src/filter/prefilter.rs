@@ -174,7 +174,12 @@ impl Prefilter {
         let ac = if lits.is_empty() {
             None
         } else {
-            Some(AhoCorasick::builder().match_kind(MatchKind::Standard).build(&lits).ok()?)
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&lits)
+                    .ok()?,
+            )
         };
         Some(Prefilter {
             anchored,
@@ -220,7 +225,11 @@ mod tests {
 
     #[test]
     fn requirements_never_reject_a_matching_line() {
-        let pats = [r"^Failed \S+ for (?P<u>.*) from (?P<h>\d+)$", r"^(?:Invalid|Illegal) user \S+", r"\d+"];
+        let pats = [
+            r"^Failed \S+ for (?P<u>.*) from (?P<h>\d+)$",
+            r"^(?:Invalid|Illegal) user \S+",
+            r"\d+",
+        ];
         let pf = Prefilter::new(&pats).unwrap();
         let mut out = Vec::new();
         assert!(pf.candidates("Failed password for x from 1", &mut out));
@@ -229,7 +238,10 @@ mod tests {
         assert_eq!(out, [false, true, true]);
         let only = Prefilter::new(&[r"^Accepted (?P<x>\w+)"]).unwrap();
         assert!(!only.candidates("session opened", &mut out));
-        assert!(!only.candidates("x Accepted y", &mut out), "anchored: the prefix must start the text");
+        assert!(
+            !only.candidates("x Accepted y", &mut out),
+            "anchored: the prefix must start the text"
+        );
         assert!(only.candidates("Accepted y", &mut out));
         let ci = Prefilter::new(&[r"^[aA]uthentication (?:failure|error)"]).unwrap();
         assert!(ci.candidates("authentication error", &mut out));

@@ -20,7 +20,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("{msg} (at character {pos} after expanding tags)")]
-    Syntax { pattern: String, pos: usize, msg: String },
+    Syntax {
+        pattern: String,
+        pos: usize,
+        msg: String,
+    },
     #[error("{msg}")]
     Compile { pattern: String, msg: String },
 }
@@ -62,7 +66,10 @@ type Alt = Vec<Concat>;
 enum Node {
     Char(char),
     Any,
-    Class { negated: bool, items: Vec<ClassItem> },
+    Class {
+        negated: bool,
+        items: Vec<ClassItem>,
+    },
     Perl(Perl, bool),
     LineStart,
     LineEnd,
@@ -144,14 +151,9 @@ impl<'a> Parser<'a> {
         }
     }
     fn starts_with(&self, s: &str) -> bool {
-        let mut i = self.pos;
-        for c in s.chars() {
-            if self.chars.get(i) != Some(&c) {
-                return false;
-            }
-            i += 1;
-        }
-        true
+        s.chars()
+            .enumerate()
+            .all(|(k, c)| self.chars.get(self.pos + k) == Some(&c))
     }
 
     fn parse_alt(&mut self) -> Result<Alt, PatternError> {
@@ -274,17 +276,20 @@ impl<'a> Parser<'a> {
             self.chars[s..*i].iter().collect::<String>()
         };
         let lo = digits(&mut i);
-        let hi;
-        if self.chars.get(i) == Some(&',') {
+        let hi = if self.chars.get(i) == Some(&',') {
             i += 1;
-            hi = Some(digits(&mut i));
+            Some(digits(&mut i))
         } else {
-            hi = None;
-        }
+            None
+        };
         if self.chars.get(i) != Some(&'}') {
             return None;
         }
-        let min = if lo.is_empty() { 0 } else { lo.parse::<u32>().ok()?.min(MAX_REPEAT) };
+        let min = if lo.is_empty() {
+            0
+        } else {
+            lo.parse::<u32>().ok()?.min(MAX_REPEAT)
+        };
         let max = match hi {
             None => Some(min),
             Some(h) if h.is_empty() => None,
@@ -313,7 +318,10 @@ impl<'a> Parser<'a> {
             if c == end {
                 let name: String = self.chars[start..self.pos].iter().collect();
                 self.pos += 1;
-                let valid = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_alphanumeric() || c == '_');
                 if !valid {
                     return self.err(format!("bad character in group name {name:?}"));
@@ -452,7 +460,11 @@ impl<'a> Parser<'a> {
             if alt.len() > 2 {
                 return self.err("conditional backref with more than two branches");
             }
-            let no = if alt.len() == 2 { alt.pop().unwrap_or_default() } else { Vec::new() };
+            let no = if alt.len() == 2 {
+                alt.pop().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let yes = alt.pop().unwrap_or_default();
             return Ok(Some(Node::Cond { group, yes, no }));
         }
@@ -518,7 +530,9 @@ impl<'a> Parser<'a> {
     }
 
     fn hex(&mut self, n: usize) -> Result<char, PatternError> {
-        let s: String = self.chars[self.pos..(self.pos + n).min(self.chars.len())].iter().collect();
+        let s: String = self.chars[self.pos..(self.pos + n).min(self.chars.len())]
+            .iter()
+            .collect();
         if s.len() != n || !s.chars().all(|c| c.is_ascii_hexdigit()) {
             return self.err("incomplete escape");
         }
@@ -656,7 +670,9 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 let hi = self.class_atom()?;
                 match (item, hi) {
-                    (ClassItem::Char(a), ClassItem::Char(b)) if a <= b => items.push(ClassItem::Range(a, b)),
+                    (ClassItem::Char(a), ClassItem::Char(b)) if a <= b => {
+                        items.push(ClassItem::Range(a, b))
+                    }
                     _ => return self.err("bad character range"),
                 }
             } else {
@@ -684,7 +700,10 @@ fn defined_groups(n: &Node, out: &mut Vec<usize>) {
             body.iter().flatten().for_each(|c| defined_groups(c, out));
         }
         Node::Cond { yes, no, .. } => yes.iter().chain(no).for_each(|c| defined_groups(c, out)),
-        Node::Split { branches, .. } => branches.iter().flatten().for_each(|c| defined_groups(c, out)),
+        Node::Split { branches, .. } => branches
+            .iter()
+            .flatten()
+            .for_each(|c| defined_groups(c, out)),
         Node::Repeat { node, .. } => defined_groups(node, out),
         _ => {}
     }
@@ -701,7 +720,9 @@ fn certain_groups(n: &Node, out: &mut Vec<usize>) {
                 body[0].iter().for_each(|c| certain_groups(c, out));
             }
         }
-        Node::Split { branches, .. } if branches.len() == 1 => branches[0].iter().for_each(|c| certain_groups(c, out)),
+        Node::Split { branches, .. } if branches.len() == 1 => {
+            branches[0].iter().for_each(|c| certain_groups(c, out))
+        }
         Node::Repeat { node, min, .. } if *min >= 1 => certain_groups(node, out),
         _ => {}
     }
@@ -744,7 +765,11 @@ fn choices(n: &Node) -> Option<Vec<Node>> {
         } => {
             let take = (**node).clone();
             let skip = empty_group(vec![Vec::new()]);
-            Some(if *greedy { vec![take, skip] } else { vec![skip, take] })
+            Some(if *greedy {
+                vec![take, skip]
+            } else {
+                vec![skip, take]
+            })
         }
         Node::Group {
             kind: kind @ (GroupKind::Capture(_) | GroupKind::NonCapture),
@@ -820,7 +845,9 @@ fn eliminate(seq: &[Node], env: &Env, ids: &mut usize) -> Option<Concat> {
 
 /// A copy of `alt` with only the `Split` branches `keep(id, branch)` allows.
 fn prune(alt: &Alt, keep: &dyn Fn(usize, usize) -> bool) -> Alt {
-    alt.iter().map(|c| c.iter().map(|n| prune_node(n, keep)).collect()).collect()
+    alt.iter()
+        .map(|c| c.iter().map(|n| prune_node(n, keep)).collect())
+        .collect()
 }
 
 fn prune_node(n: &Node, keep: &dyn Fn(usize, usize) -> bool) -> Node {
@@ -927,7 +954,10 @@ fn resolve(n: &Node, env: &Env, ids: &mut usize) -> Option<Node> {
         }
         Node::Split { id, branches } => Node::Split {
             id: *id,
-            branches: branches.iter().map(|c| eliminate(c, env, ids)).collect::<Option<Alt>>()?,
+            branches: branches
+                .iter()
+                .map(|c| eliminate(c, env, ids))
+                .collect::<Option<Alt>>()?,
         },
         Node::Group {
             kind,
@@ -938,7 +968,10 @@ fn resolve(n: &Node, env: &Env, ids: &mut usize) -> Option<Node> {
             kind: kind.clone(),
             flags_on: *flags_on,
             flags_off: *flags_off,
-            body: body.iter().map(|c| eliminate(c, env, ids)).collect::<Option<Alt>>()?,
+            body: body
+                .iter()
+                .map(|c| eliminate(c, env, ids))
+                .collect::<Option<Alt>>()?,
         },
         Node::Repeat {
             node,
@@ -987,7 +1020,9 @@ pub fn glob_to_local_flags(pattern: &str) -> String {
 impl PyPattern {
     /// The `Verified` text (for benchmarks and debugging).
     pub fn debug_verified(&self, multiline: bool) -> String {
-        self.emit_verified(multiline).map(|v| v.0).unwrap_or_default()
+        self.emit_verified(multiline)
+            .map(|v| v.0)
+            .unwrap_or_default()
     }
 
     pub fn parse(src: &str) -> Result<PyPattern, PatternError> {
@@ -1002,7 +1037,10 @@ impl PyPattern {
         };
         // verbose mode changes tokenizing: honour a leading (?x)
         if let Some(rest) = src.strip_prefix("(?") {
-            let letters: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+            let letters: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
             if letters.contains('x') && rest[letters.len()..].starts_with(')') {
                 p.flags.x = true;
             }
@@ -1031,7 +1069,11 @@ impl PyPattern {
                 }
                 Node::Cond { .. } | Node::Backref(_) => true,
                 Node::Split { branches, .. } => alt(branches),
-                Node::Repeat { node: inner, possessive, .. } => *possessive || node(inner),
+                Node::Repeat {
+                    node: inner,
+                    possessive,
+                    ..
+                } => *possessive || node(inner),
                 _ => false,
             }
         }
@@ -1061,13 +1103,19 @@ impl PyPattern {
     /// compiled away where their group's participation is decided by one
     /// choice point (see [`eliminate`]).
     fn emit_verified(&self, multiline: bool) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
-        self.emit_verified_root(&self.eliminated().unwrap_or_else(|| self.root.clone()), multiline)
+        self.emit_verified_root(
+            &self.eliminated().unwrap_or_else(|| self.root.clone()),
+            multiline,
+        )
     }
 
     /// The pattern with its conditionals compiled away, if possible.
     fn eliminated(&self) -> Option<Alt> {
         let mut ids = 0;
-        self.root.iter().map(|c| eliminate(c, &Env::new(), &mut ids)).collect()
+        self.root
+            .iter()
+            .map(|c| eliminate(c, &Env::new(), &mut ids))
+            .collect()
     }
 
     /// Plain `regex`-crate text (over-approximation) of another root.
@@ -1090,7 +1138,11 @@ impl PyPattern {
         out
     }
 
-    fn emit_verified_root(&self, root: &Alt, multiline: bool) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
+    fn emit_verified_root(
+        &self,
+        root: &Alt,
+        multiline: bool,
+    ) -> Option<(String, Vec<CheckSpec>, Vec<Vec<usize>>)> {
         let mut flags = self.flags;
         flags.m |= multiline;
         let mut out = String::new();
@@ -1134,9 +1186,18 @@ enum CheckSpec {
     /// `(?(group)yes|no)`: the branch taken must agree with the group.
     Cond { group: usize, yes: usize },
     /// `(?P=group)`: the marker's text must equal the group's.
-    Backref { group: usize, marker: usize, caseless: bool },
+    Backref {
+        group: usize,
+        marker: usize,
+        caseless: bool,
+    },
     /// `(?=...)` and friends at the marker's position.
-    Look { marker: usize, behind: bool, negate: bool, body: String },
+    Look {
+        marker: usize,
+        behind: bool,
+        negate: bool,
+        body: String,
+    },
     /// `(?:(?!L).)*`: `L` may start at no position inside the marker.
     Tempered { marker: usize, body: String },
 }
@@ -1221,7 +1282,11 @@ fn tempered_parts(node: &Node) -> Option<(&Alt, &Node)> {
     else {
         return None;
     };
-    if body.len() != 1 || body[0].len() != 2 || *flags_on != Flags::default() || *flags_off != Flags::default() {
+    if body.len() != 1
+        || body[0].len() != 2
+        || *flags_on != Flags::default()
+        || *flags_off != Flags::default()
+    {
         return None;
     }
     let Node::Group {
@@ -1235,7 +1300,11 @@ fn tempered_parts(node: &Node) -> Option<(&Alt, &Node)> {
     else {
         return None;
     };
-    matches!(body[0][1], Node::Any | Node::Class { .. } | Node::Perl(..) | Node::Char(_)).then_some((look, &body[0][1]))
+    matches!(
+        body[0][1],
+        Node::Any | Node::Class { .. } | Node::Perl(..) | Node::Char(_)
+    )
+    .then_some((look, &body[0][1]))
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -1397,7 +1466,8 @@ impl Emitter<'_> {
                             }
                         }
                         let mut g = String::new();
-                        for (on, c) in [(flags_off.i, 'i'), (flags_off.m, 'm'), (flags_off.s, 's')] {
+                        for (on, c) in [(flags_off.i, 'i'), (flags_off.m, 'm'), (flags_off.s, 's')]
+                        {
                             if on {
                                 g.push(c);
                             }
@@ -1498,8 +1568,13 @@ impl Emitter<'_> {
                 if *possessive && verified {
                     self.unverifiable = true;
                 }
-                let tempered = if verified && self.rep_depth == 0 { tempered_parts(node) } else { None };
-                let tempered = tempered.and_then(|(look, c)| self.body_text(look, flags).map(|b| (b, c)));
+                let tempered = if verified && self.rep_depth == 0 {
+                    tempered_parts(node)
+                } else {
+                    None
+                };
+                let tempered =
+                    tempered.and_then(|(look, c)| self.body_text(look, flags).map(|b| (b, c)));
                 let mut tempered_marker = None;
                 if let Some((body, c)) = tempered {
                     let marker = self.marker(out);
@@ -1595,7 +1670,11 @@ impl PyPattern {
         else {
             return None;
         };
-        if *g + 1 != self.names.len() || *flags_on != Flags::default() || *flags_off != Flags::default() || body.len() != 1 {
+        if *g + 1 != self.names.len()
+            || *flags_on != Flags::default()
+            || *flags_off != Flags::default()
+            || body.len() != 1
+        {
             return None;
         }
         let [Node::Repeat {
@@ -1655,14 +1734,22 @@ struct VerifiedCore {
 }
 
 impl VerifiedCore {
-    fn new(py: &PyPattern, root: &Alt, multiline: bool, src: &str) -> Result<Option<VerifiedCore>, PatternError> {
+    fn new(
+        py: &PyPattern,
+        root: &Alt,
+        multiline: bool,
+        src: &str,
+    ) -> Result<Option<VerifiedCore>, PatternError> {
         let Some((text, specs, map)) = py.emit_verified_root(root, multiline) else {
             return Ok(None);
         };
         Ok(Some(VerifiedCore {
             id: next_pattern_id(),
             approx: FastRegex::new(&text, src)?,
-            checks: specs.into_iter().map(|c| compile_check(c, src)).collect::<Result<_, _>>()?,
+            checks: specs
+                .into_iter()
+                .map(|c| compile_check(c, src))
+                .collect::<Result<_, _>>()?,
             map,
         }))
     }
@@ -1672,11 +1759,17 @@ impl VerifiedCore {
         if !self.approx.captures_at(self.id, hay, start, slots) {
             return Some(false);
         }
-        if !self.checks.iter().all(|c| c.holds(hay, &slots.raw, &self.map)) {
+        if !self
+            .checks
+            .iter()
+            .all(|c| c.holds(hay, &slots.raw, &self.map))
+        {
             return None;
         }
         let raw = &slots.raw;
-        slots.spans.extend((0..names).map(|g| mapped(raw, &self.map, g)));
+        slots
+            .spans
+            .extend((0..names).map(|g| mapped(raw, &self.map, g)));
         Some(true)
     }
 }
@@ -1708,14 +1801,19 @@ impl Splits {
     fn new(py: &PyPattern, root: Alt, multiline: bool, src: &str) -> Option<Splits> {
         let mut ids = Vec::new();
         split_ids(&root, &mut ids);
-        let tests: Vec<(usize, usize)> = ids.iter().flat_map(|&(id, n)| (0..n).map(move |b| (id, b))).collect();
+        let tests: Vec<(usize, usize)> = ids
+            .iter()
+            .flat_map(|&(id, n)| (0..n).map(move |b| (id, b)))
+            .collect();
         if ids.is_empty() || tests.len() > 64 {
             return None;
         }
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut needs = Vec::new();
         for &(id, b) in &tests {
-            let branch = find_split(&root, id).map(|br| vec![br[b].clone()]).unwrap_or_default();
+            let branch = find_split(&root, id)
+                .map(|br| vec![br[b].clone()])
+                .unwrap_or_default();
             let text = py.emit_approx_root(&branch, multiline);
             let sets: Vec<Vec<usize>> = crate::filter::prefilter::all_requirements(&text)
                 .into_iter()
@@ -1760,26 +1858,45 @@ impl Splits {
         }
         let mut mask = 0u64;
         for (t, sets) in self.needs.iter().enumerate() {
-            if sets.iter().all(|set| set.iter().any(|&k| present & (1 << k) != 0)) {
+            if sets
+                .iter()
+                .all(|set| set.iter().any(|&k| present & (1 << k) != 0))
+            {
                 mask |= 1 << t;
             }
         }
-        let all = if self.tests.len() == 64 { u64::MAX } else { (1u64 << self.tests.len()) - 1 };
+        let all = if self.tests.len() == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.tests.len()) - 1
+        };
         if mask == all {
             return full.clone();
         }
-        if let Some(v) = self.variants.read().ok().and_then(|m| m.get(&mask).cloned()) {
+        if let Some(v) = self
+            .variants
+            .read()
+            .ok()
+            .and_then(|m| m.get(&mask).cloned())
+        {
             return v.unwrap_or_else(|| full.clone());
         }
         let keep = |id: usize, b: usize| {
             let i = self.tests.iter().position(|&t| t == (id, b));
             // an inner choice with no viable branch keeps them all: it is
             // only reached through branches that are pruned anyway
-            let any = self.tests.iter().enumerate().any(|(k, &(tid, _))| tid == id && mask & (1 << k) != 0);
+            let any = self
+                .tests
+                .iter()
+                .enumerate()
+                .any(|(k, &(tid, _))| tid == id && mask & (1 << k) != 0);
             !any || i.is_some_and(|i| mask & (1 << i) != 0)
         };
         let pruned = prune(&self.root, &keep);
-        let core = VerifiedCore::new(&self.py, &pruned, self.multiline, &self.src).ok().flatten().map(Arc::new);
+        let core = VerifiedCore::new(&self.py, &pruned, self.multiline, &self.src)
+            .ok()
+            .flatten()
+            .map(Arc::new);
         if let Ok(mut m) = self.variants.write() {
             if m.len() < 256 {
                 m.insert(mask, core.clone());
@@ -1799,21 +1916,41 @@ fn mapped(raw: &[Option<(usize, usize)>], map: &[Vec<usize>], g: usize) -> Optio
     if g == 0 {
         return raw.first().copied().flatten();
     }
-    map.get(g)?.iter().find_map(|&r| raw.get(r).copied().flatten())
+    map.get(g)?
+        .iter()
+        .find_map(|&r| raw.get(r).copied().flatten())
 }
 
 #[derive(Debug)]
 enum Check {
-    Cond { group: usize, yes: usize },
-    Backref { group: usize, marker: usize, caseless: bool },
-    Ahead { marker: usize, negate: bool, re: regex_automata::meta::Regex },
-    Behind { marker: usize, negate: bool, re: regex_automata::meta::Regex },
-    Tempered { marker: usize, test: Tempered },
+    Cond {
+        group: usize,
+        yes: usize,
+    },
+    Backref {
+        group: usize,
+        marker: usize,
+        caseless: bool,
+    },
+    Ahead {
+        marker: usize,
+        negate: bool,
+        re: regex_automata::meta::Regex,
+    },
+    Behind {
+        marker: usize,
+        negate: bool,
+        re: regex_automata::meta::Regex,
+    },
+    Tempered {
+        marker: usize,
+        test: Tempered,
+    },
 }
 
 #[derive(Debug)]
 enum Tempered {
-    Literal(memchr::memmem::Finder<'static>),
+    Literal(Box<memchr::memmem::Finder<'static>>),
     Regex(regex_automata::meta::Regex),
 }
 
@@ -1829,8 +1966,13 @@ impl Check {
         let get = |i: usize| raw.get(i).copied().flatten();
         match self {
             Check::Cond { group, yes } => mapped(raw, map, *group).is_some() == get(*yes).is_some(),
-            Check::Backref { group, marker, caseless } => {
-                let (Some((gs, ge)), Some((ms, me))) = (mapped(raw, map, *group), get(*marker)) else {
+            Check::Backref {
+                group,
+                marker,
+                caseless,
+            } => {
+                let (Some((gs, ge)), Some((ms, me))) = (mapped(raw, map, *group), get(*marker))
+                else {
                     return false;
                 };
                 let (a, b) = (&hay[gs..ge], &hay[ms..me]);
@@ -1883,7 +2025,15 @@ fn build_meta(pattern: &str, src: &str) -> Result<regex_automata::meta::Regex, P
 fn compile_check(spec: CheckSpec, src: &str) -> Result<Check, PatternError> {
     Ok(match spec {
         CheckSpec::Cond { group, yes } => Check::Cond { group, yes },
-        CheckSpec::Backref { group, marker, caseless } => Check::Backref { group, marker, caseless },
+        CheckSpec::Backref {
+            group,
+            marker,
+            caseless,
+        } => Check::Backref {
+            group,
+            marker,
+            caseless,
+        },
         CheckSpec::Look {
             marker,
             behind: false,
@@ -1905,12 +2055,18 @@ fn compile_check(spec: CheckSpec, src: &str) -> Result<Check, PatternError> {
             re: build_meta(&format!("{body}\\z"), src)?,
         },
         CheckSpec::Tempered { marker, body } => {
-            let literal = regex_syntax::Parser::new().parse(&body).ok().and_then(|h| match h.kind() {
-                regex_syntax::hir::HirKind::Literal(l) => Some(l.0.to_vec()),
-                _ => None,
-            });
+            let literal =
+                regex_syntax::Parser::new()
+                    .parse(&body)
+                    .ok()
+                    .and_then(|h| match h.kind() {
+                        regex_syntax::hir::HirKind::Literal(l) => Some(l.0.to_vec()),
+                        _ => None,
+                    });
             let test = match literal {
-                Some(l) if !l.is_empty() => Tempered::Literal(memchr::memmem::Finder::new(&l).into_owned()),
+                Some(l) if !l.is_empty() => {
+                    Tempered::Literal(Box::new(memchr::memmem::Finder::new(&l).into_owned()))
+                }
                 _ => Tempered::Regex(build_meta(&body, src)?),
             };
             Check::Tempered { marker, test }
@@ -2002,7 +2158,9 @@ impl FastRegex {
 
     fn find_at(&self, hay: &str, start: usize) -> Option<(usize, usize)> {
         match &self.ascii {
-            Some(a) if hay.is_ascii() => a.find_at(hay.as_bytes(), start).map(|m| (m.start(), m.end())),
+            Some(a) if hay.is_ascii() => a
+                .find_at(hay.as_bytes(), start)
+                .map(|m| (m.start(), m.end())),
             _ => self.uni.find_at(hay, start).map(|m| (m.start(), m.end())),
         }
     }
@@ -2025,7 +2183,9 @@ impl FastRegex {
             let key = SpanKey::of(hay, ms, me);
             if slots.caches[ci].lookup(&key, hay, ms, me) {
                 let c = &slots.caches[ci];
-                slots.raw.extend(c.rel.iter().map(|r| r.map(|(a, b)| (a + ms, b + ms))));
+                slots
+                    .raw
+                    .extend(c.rel.iter().map(|r| r.map(|(a, b)| (a + ms, b + ms))));
                 return true;
             }
             if !self.engine_captures(id, hay, ms, slots) {
@@ -2119,12 +2279,20 @@ impl SpanCache {
         }
         hit
     }
-    fn store(&mut self, key: SpanKey, hay: &str, s: usize, e: usize, raw: &[Option<(usize, usize)>]) {
+    fn store(
+        &mut self,
+        key: SpanKey,
+        hay: &str,
+        s: usize,
+        e: usize,
+        raw: &[Option<(usize, usize)>],
+    ) {
         self.key = key;
         self.text.clear();
         self.text.push_str(&hay[s..e]);
         self.rel.clear();
-        self.rel.extend(raw.iter().map(|r| r.map(|(a, b)| (a - s, b - s))));
+        self.rel
+            .extend(raw.iter().map(|r| r.map(|(a, b)| (a - s, b - s))));
         self.valid = true;
     }
 }
@@ -2160,7 +2328,9 @@ impl Pattern {
             match VerifiedCore::new(&py, &root, multiline, src)? {
                 Some(core) => Engine::Verified {
                     core: Arc::new(core),
-                    splits: eliminated.and_then(|r| Splits::new(&py, r, multiline, src)).map(Box::new),
+                    splits: eliminated
+                        .and_then(|r| Splits::new(&py, r, multiline, src))
+                        .map(Box::new),
                     exact,
                 },
                 None => Engine::Fancy {
@@ -2197,7 +2367,11 @@ impl Pattern {
     /// Which engine runs `hay`, and how long its parts take (debugging).
     pub fn debug_engine(&self, hay: &str) -> String {
         match &self.engine {
-            Engine::Verified { core, splits: Some(sp), .. } => {
+            Engine::Verified {
+                core,
+                splits: Some(sp),
+                ..
+            } => {
                 let t = std::time::Instant::now();
                 let mut c = None;
                 for _ in 0..10000 {
@@ -2205,7 +2379,12 @@ impl Pattern {
                 }
                 let sel = t.elapsed() / 10000;
                 let c = c.unwrap();
-                format!("select {sel:?}, variant is full: {}, tests {}, regex len {}", Arc::ptr_eq(&c, core), sp.tests.len(), c.approx.uni.as_str().len())
+                format!(
+                    "select {sel:?}, variant is full: {}, tests {}, regex len {}",
+                    Arc::ptr_eq(&c, core),
+                    sp.tests.len(),
+                    c.approx.uni.as_str().len()
+                )
             }
             Engine::Verified { .. } => "verified without splits".into(),
             Engine::Std(_) => "std".into(),
@@ -2249,8 +2428,12 @@ impl Pattern {
     pub fn is_match(&self, hay: &str) -> bool {
         match &self.engine {
             Engine::Std(r) => r.is_match_at(hay, 0),
-            Engine::Fancy { exact, approx } => approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false),
-            Engine::Verified { exact, core, .. } => core.approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false),
+            Engine::Fancy { exact, approx } => {
+                approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false)
+            }
+            Engine::Verified { exact, core, .. } => {
+                core.approx.is_match_at(hay, 0) && exact.is_match(hay).unwrap_or(false)
+            }
         }
     }
 
@@ -2276,7 +2459,9 @@ impl Pattern {
                 };
                 slots.spans.push(Some((ms, line_end)));
                 let raw = &slots.raw;
-                slots.spans.extend((1..t.group).map(|i| raw.get(i).copied().flatten()));
+                slots
+                    .spans
+                    .extend((1..t.group).map(|i| raw.get(i).copied().flatten()));
                 slots.spans.push(Some((content_start, line_end)));
                 return true;
             }
@@ -2296,7 +2481,11 @@ impl Pattern {
                 }
                 self.backtrack(exact, hay, start, slots)
             }
-            Engine::Verified { core, splits, exact } => {
+            Engine::Verified {
+                core,
+                splits,
+                exact,
+            } => {
                 let chosen;
                 let core = match splits {
                     Some(sp) if start == 0 => {
@@ -2314,7 +2503,13 @@ impl Pattern {
         }
     }
 
-    fn backtrack(&self, exact: &fancy_regex::Regex, hay: &str, start: usize, slots: &mut Slots) -> bool {
+    fn backtrack(
+        &self,
+        exact: &fancy_regex::Regex,
+        hay: &str,
+        start: usize,
+        slots: &mut Slots,
+    ) -> bool {
         slots.spans.clear();
         match exact.captures_from_pos(hay, start) {
             Ok(Some(caps)) => {
@@ -2343,8 +2538,11 @@ mod tests {
     fn find(p: &str, hay: &str) -> Option<Vec<Option<String>>> {
         let pat = Pattern::new(p, false).unwrap_or_else(|e| panic!("{e}"));
         let mut s = Slots::default();
-        pat.search(hay, &mut s)
-            .then(|| (0..pat.group_count()).map(|i| s.text(hay, i).map(String::from)).collect())
+        pat.search(hay, &mut s).then(|| {
+            (0..pat.group_count())
+                .map(|i| s.text(hay, i).map(String::from))
+                .collect()
+        })
     }
 
     #[test]
@@ -2371,7 +2569,10 @@ mod tests {
     #[test]
     fn groups_keep_python_numbers() {
         let g = find(r"(?P<a>x)(y)(?:z)(?P<b>w)?", "xyz").unwrap();
-        assert_eq!(g, [Some("xyz".into()), Some("x".into()), Some("y".into()), None]);
+        assert_eq!(
+            g,
+            [Some("xyz".into()), Some("x".into()), Some("y".into()), None]
+        );
     }
 
     #[test]
@@ -2410,7 +2611,17 @@ mod tests {
 
     #[test]
     fn errors_are_reported_not_panics() {
-        for bad in [r"(", r")", r"[a", r"a**", r"*a", r"\q", r"(?P<a>x)(?P<a>y)", r"a{3,2}", r"(?P=nope)"] {
+        for bad in [
+            r"(",
+            r")",
+            r"[a",
+            r"a**",
+            r"*a",
+            r"\q",
+            r"(?P<a>x)(?P<a>y)",
+            r"a{3,2}",
+            r"(?P=nope)",
+        ] {
             assert!(Pattern::new(bad, false).is_err(), "{bad}");
         }
     }

@@ -31,7 +31,10 @@ pub enum ReadError {
     #[error("filter '{name}': {cause}")]
     Ini { name: String, cause: IniError },
     #[error("filter '{name}': {cause}")]
-    Tags { name: String, cause: RecursiveTagError },
+    Tags {
+        name: String,
+        cause: RecursiveTagError,
+    },
     #[error("filter '{name}': maxlines must be a whole number greater than 0, not {value:?}")]
     MaxLines { name: String, value: String },
 }
@@ -81,25 +84,38 @@ pub fn read_filter(dir: &Path, spec: &NamedOptions) -> Result<FilterDefinition, 
 }
 
 /// Reads the filter whose files are `BASE.conf` etc.
-pub fn read_filter_at(base: &Path, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
+pub fn read_filter_at(
+    base: &Path,
+    name: &str,
+    jail_opts: &IndexMap<String, String>,
+) -> Result<FilterDefinition, ReadError> {
     let ini = |cause| ReadError::Ini {
         name: name.to_string(),
         cause,
     };
-    let cfg = Config::read_layered(base).map_err(ini)?.ok_or_else(|| ReadError::NotFound {
-        name: name.to_string(),
-        dir: base.parent().map(Path::to_path_buf).unwrap_or_default(),
-    })?;
+    let cfg = Config::read_layered(base)
+        .map_err(ini)?
+        .ok_or_else(|| ReadError::NotFound {
+            name: name.to_string(),
+            dir: base.parent().map(Path::to_path_buf).unwrap_or_default(),
+        })?;
     resolve(cfg, name, jail_opts)
 }
 
 /// Fail2Ban's `DefinitionInitConfigReader.getOptions` + `getCombined`.
-pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) -> Result<FilterDefinition, ReadError> {
+pub fn resolve(
+    cfg: Config,
+    name: &str,
+    jail_opts: &IndexMap<String, String>,
+) -> Result<FilterDefinition, ReadError> {
     let ini = |cause| ReadError::Ini {
         name: name.to_string(),
         cause,
     };
-    let pvars: Vars = jail_opts.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
+    let pvars: Vars = jail_opts
+        .iter()
+        .map(|(k, v)| (k.to_lowercase(), v.clone()))
+        .collect();
     let mut opts: IndexMap<String, String> = IndexMap::new();
     for opt in FILTER_OPTIONS {
         if jail_opts.contains_key(opt) {
@@ -112,7 +128,10 @@ pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) ->
     let mut init: IndexMap<String, String> = jail_opts.clone();
     if cfg.has_section("Init") {
         for opt in cfg.own_options("Init") {
-            let v = cfg.get("Init", &opt, &Vars::new()).map_err(ini)?.unwrap_or_default();
+            let v = cfg
+                .get("Init", &opt, &Vars::new())
+                .map_err(ini)?
+                .unwrap_or_default();
             if !opt.starts_with("known/") {
                 init.insert(format!("known/{opt}"), v.clone());
             }
@@ -136,14 +155,20 @@ pub fn resolve(cfg: Config, name: &str, jail_opts: &IndexMap<String, String>) ->
         cache.insert(tag.to_string(), v.clone());
         v
     };
-    let options = substitute_recursive(&combined, &ignore, &mut extra).map_err(|cause| ReadError::Tags {
-        name: name.to_string(),
-        cause,
-    })?;
+    let options =
+        substitute_recursive(&combined, &ignore, &mut extra).map_err(|cause| ReadError::Tags {
+            name: name.to_string(),
+            cause,
+        })?;
     let lines = |k: &str| -> Vec<String> {
         options
             .get(k)
-            .map(|v| v.split('\n').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|v| {
+                v.split('\n')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let maxlines = match options.get("maxlines").map(|s| s.trim()) {

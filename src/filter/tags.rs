@@ -13,7 +13,9 @@ use indexmap::IndexMap;
 const MAX_TAG_REPLACE_COUNT: usize = 25;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("option '{option}' refers to <{tag}> recursively and cannot be resolved (value now: {value:?})")]
+#[error(
+    "option '{option}' refers to <{tag}> recursively and cannot be resolved (value now: {value:?})"
+)]
 pub struct RecursiveTagError {
     pub option: String,
     pub tag: String,
@@ -27,7 +29,11 @@ fn next_tag(value: &str, from: usize) -> Option<(usize, usize)> {
     while i < bytes.len() {
         if bytes[i] == b'<' {
             let mut j = i + 1;
-            while j < bytes.len() && !matches!(bytes[j], b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b' | b'<' | b'>')
+            while j < bytes.len()
+                && !matches!(
+                    bytes[j],
+                    b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b' | b'<' | b'>'
+                )
             {
                 j += 1;
             }
@@ -264,12 +270,19 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> IndexMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn nested_tags_resolve_inside_out() {
-        let v = map(&[("failregex", "^<lt_<logtype>/x> <mdre-<mode>> <HOST>"), ("mode", "ddos"), ("logtype", "file")]);
+        let v = map(&[
+            ("failregex", "^<lt_<logtype>/x> <mdre-<mode>> <HOST>"),
+            ("mode", "ddos"),
+            ("logtype", "file"),
+        ]);
         let mut extra = |t: &str| match t {
             "lt_file/x" => Some("PREFIX".to_string()),
             "mdre-ddos" => Some("DD <a>".to_string()),
@@ -290,10 +303,16 @@ mod tests {
 
     #[test]
     fn regex_tags() {
-        let r = resolve_regex_tags("^<F-USER>\\S+</F-USER> from <HOST> <F-ID/> </F-NOPE> <SKIPLINES>", UseDns::Warn);
+        let r = resolve_regex_tags(
+            "^<F-USER>\\S+</F-USER> from <HOST> <F-ID/> </F-NOPE> <SKIPLINES>",
+            UseDns::Warn,
+        );
         assert!(r.starts_with("^(?P<user>\\S+) from (?:\\[?(?:(?:::f{4,6}:)?(?P<ip4>"));
         assert!(r.contains("(?P<fid>\\S+) </F-NOPE> \\n(?P<skiplines0>"));
         assert!(!resolve_regex_tags("<HOST>", UseDns::No).contains("dns"));
-        assert_eq!(resolve_regex_tags("(?P<x>a)<b>", UseDns::Warn), "(?P<x>a)<b>");
+        assert_eq!(
+            resolve_regex_tags("(?P<x>a)<b>", UseDns::Warn),
+            "(?P<x>a)<b>"
+        );
     }
 }
