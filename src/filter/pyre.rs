@@ -2609,6 +2609,122 @@ mod tests {
         assert!(find("(?x) a b # comment\n c", "abc").is_some());
     }
 
+    /// Every fast path (verified look-around, compiled-away conditionals,
+    /// branch pruning, span cache, prefix-only tails, ASCII automata) must
+    /// give exactly what the backtracking engine gives.
+    #[test]
+    fn fast_paths_agree_with_the_backtracking_engine() {
+        // (pattern, slots of the texts to try: one option of each, in order)
+        let cases: [(&str, &[&[&str]]); 8] = [
+            (
+                r"^Bad (?:(?P<nf>key)|\S+) by (?P<inv>unknown )?(?P<who>(?P<plain>\S+)|(?(inv)(?:(?! by ).)*?|[^:]+)) by (?P<ip>\d+\.\d+\.\d+\.\d+)(?: port \d+)?(?(plain): |(?:(?:(?! by ).)*)$)",
+                &[
+                    &["Bad "],
+                    &["key ", "pass ", "x "],
+                    &["by "],
+                    &["", "unknown "],
+                    &["root", "a:b", "x by y", "r t", "é"],
+                    &[" by "],
+                    &["10.0.0.1", "1.2.3.4"],
+                    &["", " port 22"],
+                    &["", ": z", " ssh2", " by q", ":"],
+                ],
+            ),
+            (
+                r"^(?P<pre>\S+ \w+\[\d+\]: )(?:(?:err|warn): )?(?P<content>.+)$",
+                &[
+                    &["host sshd[12]: ", "h x[1]: ", "bad "],
+                    &["", "err: ", "warn: "],
+                    &["", "msg", "é tail", " "],
+                ],
+            ),
+            (
+                r"^(?P<pre>\S+ )?(?P<content>.*)$",
+                &[&["", "host ", "a b "], &["", "rest", "é"]],
+            ),
+            (
+                r"(?P<q>[-/.])x(?P=q)y",
+                &[
+                    &["", "a"],
+                    &["-", "/", "."],
+                    &["x"],
+                    &["-", "/", "."],
+                    &["y", "z"],
+                ],
+            ),
+            (
+                r"\b(?!key)\S+ by (?P<ip>\S+)",
+                &[
+                    &["", "a "],
+                    &["key", "kez", "keys", "xkey"],
+                    &[" by "],
+                    &["1.2.3.4", ""],
+                ],
+            ),
+            (
+                r"(?<=\[)\d+(?=\])",
+                &[&["", "x", "["], &["[", ""], &["42", "7"], &["]", "", ")"]],
+            ),
+            (
+                r"(?i)^bad (?P<u>.*?) by (?P<ip>[\d.]+)\s*$",
+                &[
+                    &["bad ", "BAD ", "Bad"],
+                    &["u", "", "u by v"],
+                    &[" by "],
+                    &["1.2.3.4"],
+                    &["", " ", "x"],
+                ],
+            ),
+            (
+                r"(?=^|\b|\W)(?P<d>\d{2})(?=\b|\W|$)",
+                &[
+                    &["", "a", " ", "é"],
+                    &["12", "123", "1"],
+                    &["", "b", " ", "é"],
+                ],
+            ),
+        ];
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (p, slots_of) in cases {
+            let fast = Pattern::new(p, false).unwrap();
+            let py = PyPattern::parse(p).unwrap();
+            let slow = fancy_regex::Regex::new(&py.emit(Target::Fancy, false)).unwrap();
+            let mut slots = Slots::default();
+            let mut matched = 0;
+            for _ in 0..3000 {
+                let mut hay: String = slots_of
+                    .iter()
+                    .map(|opts| opts[(next() % opts.len() as u64) as usize])
+                    .collect();
+                if next() % 2 == 0 {
+                    hay.push('\n');
+                }
+                let want = slow.captures(&hay).unwrap().map(|c| {
+                    (0..py.names.len())
+                        .map(|i| c.get(i).map(|m| (m.start(), m.end())))
+                        .collect::<Vec<_>>()
+                });
+                let got = fast.search(&hay, &mut slots).then(|| {
+                    (0..py.names.len())
+                        .map(|i| slots.get(i))
+                        .collect::<Vec<_>>()
+                });
+                matched += usize::from(want.is_some());
+                assert_eq!(got, want, "pattern {p:?} on {hay:?}");
+            }
+            assert!(
+                matched >= 10,
+                "pattern {p:?} matched only {matched} of the generated texts"
+            );
+        }
+    }
+
     #[test]
     fn errors_are_reported_not_panics() {
         for bad in [
