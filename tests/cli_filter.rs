@@ -261,3 +261,33 @@ fn regex_command_summarises_like_fail2ban_regex() {
     let o = run(&["regex", log.to_str().unwrap(), r"Invalid (user <HOST>"]);
     assert_clean_failure(&o, &["does not compile"]);
 }
+
+#[test]
+fn regex_counts_multi_line_matches_and_unterminated_lines_like_fail2ban_regex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let filter = write(
+        tmp.path(),
+        "ml.conf",
+        b"[Definition]\nfailregex = ^login attempt\\n.*from <HOST>$\nmaxlines = 2\ndatepattern = {NONE}\n",
+    );
+    // the first two lines make one failure: both count as matched;
+    // the last line has no newline, so (as fail2ban-regex) it is not read
+    let log = write(
+        tmp.path(),
+        "ml.log",
+        b"login attempt\nuser x from 192.0.2.1\nnoise\nlogin attempt\nnoise 2\nlogin attempt",
+    );
+    let o = run(&["regex", log.to_str().unwrap(), filter.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Failregex: 1 total"), "{out}");
+    assert!(
+        out.contains("Lines: 5 lines, 0 ignored, 2 matched, 3 missed"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("has no newline and was not read"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -54,12 +54,15 @@ pub fn open_log(path: &str) -> Result<Box<dyn Read>, CmdError> {
 }
 
 /// Streams a log through [`for_each_line`] in fixed-size chunks, so memory
-/// stays bounded by the longest line, not the file.
+/// stays bounded by the longest line, not the file. A last line without its
+/// `\n` is given to `f` if `partial_last` is set (a tailing daemon would wait
+/// for the rest of it); returns whether such a line was left out.
 pub fn for_each_line_in(
     mut input: impl Read,
     path: &str,
+    partial_last: bool,
     mut f: impl FnMut(&str),
-) -> Result<(), CmdError> {
+) -> Result<bool, CmdError> {
     const CHUNK: usize = 256 * 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut chunk = vec![0u8; CHUNK];
@@ -81,10 +84,11 @@ pub fn for_each_line_in(
             buf.drain(..=last_nl);
         }
     }
-    if !buf.is_empty() {
+    if !buf.is_empty() && partial_last {
         for_each_line(&buf, &mut f);
+        return Ok(false);
     }
-    Ok(())
+    Ok(!buf.is_empty())
 }
 
 /// Splits log bytes into lines as Fail2Ban reads them: at `\n` only, every

@@ -7,9 +7,11 @@ use super::{for_each_line_in, open_log, CmdError};
 use crate::config::options::parse_named;
 use crate::filter::{
     read_filter, read_filter_at, Filter, FilterDefinition, FilterError, FilterOptions, FilterState,
+    TupleLine,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct RegexArgs {
@@ -117,9 +119,9 @@ fn pprint(out: &mut impl Write, lines: &[String], header: Option<&str>) -> std::
 #[derive(Default)]
 struct Stats {
     tested: u64,
-    matched: u64,
+    matched: i64,
     ignored: u64,
-    missed: u64,
+    missed: i64,
     prefregex: u64,
     fail_hits: Vec<u64>,
     ignore_hits: Vec<u64>,
@@ -191,11 +193,36 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         ..Stats::default()
     };
     let started = Instant::now();
-    for_each_line_in(input, &args.log, |line| {
+    let multi = filter.maxlines() > 1;
+    let mut before: Vec<Arc<TupleLine>> = Vec::new();
+    // like fail2ban-regex (which reads files as a tailing daemon would), a
+    // last line without its newline is not read from a file
+    let left_out = for_each_line_in(input, &args.log, !from_file, |line| {
         if line.is_empty() || line.starts_with('#') {
             return;
         }
+        if multi {
+            before.clear();
+            before.extend_from_slice(state.buffered_lines());
+        }
         let found = state.process_line(&filter, line, now);
+        if multi {
+            // buffered lines that a multi-line match consumed count as matched
+            let full = before.len() >= filter.maxlines();
+            for b in before.iter().skip(usize::from(full)) {
+                if !state.buffered_lines().iter().any(|x| x == b) {
+                    let text = b.full();
+                    if let Some(p) = st.missed_lines.iter().position(|m| *m == text) {
+                        st.missed_lines.remove(p);
+                    }
+                    if args.print_all_matched {
+                        st.matched_lines.push(text);
+                    }
+                    st.matched += 1;
+                    st.missed -= 1;
+                }
+            }
+        }
         let mut failures = 0;
         let mut ignored = !state.info.ignored_by.is_empty();
         for &i in &state.info.ignored_by {
@@ -231,6 +258,12 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
             keep(&mut st.missed_lines, args.print_all_missed);
         }
     })?;
+    if left_out {
+        eprintln!(
+            "note: the last line of {} has no newline and was not read (as fail2ban-regex does)",
+            args.log
+        );
+    }
     let elapsed = started.elapsed().as_secs_f64();
 
     writeln!(out, "\nResults\n=======")?;
@@ -286,7 +319,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         ),
         (
             "ignored",
-            st.ignored,
+            st.ignored as i64,
             &st.ignored_lines,
             args.print_all_ignored,
         ),

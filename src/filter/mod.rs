@@ -613,6 +613,11 @@ impl FilterState {
         }
     }
 
+    /// Lines held for a multi-line match (`maxlines` > 1).
+    pub fn buffered_lines(&self) -> &[Arc<TupleLine>] {
+        &self.line_buffer
+    }
+
     /// Hits per date template, by template index (for reports).
     pub fn date_hits(&self) -> &[u64] {
         &self.dates.hits
