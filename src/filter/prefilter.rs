@@ -125,8 +125,9 @@ fn anchored_prefixes(h: &Hir) -> Option<Vec<Vec<u8>>> {
 /// for all of them).
 #[derive(Debug)]
 pub struct Prefilter {
-    /// (regex index, prefixes) of start-anchored regexes.
-    anchored: Vec<(usize, Vec<Vec<u8>>)>,
+    /// Prefixes of start-anchored regexes by their first byte:
+    /// (regex index, prefix) pairs.
+    anchored: Vec<Vec<(usize, Vec<u8>)>>,
     ac: Option<AhoCorasick>,
     /// Literal index -> regex indices that require it.
     owners: Vec<Vec<usize>>,
@@ -142,11 +143,15 @@ impl Prefilter {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut owners: Vec<Vec<usize>> = Vec::new();
         let mut always = Vec::new();
-        let mut anchored = Vec::new();
+        let mut anchored: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); 256];
+        let mut any_anchored = false;
         for (i, p) in patterns.iter().enumerate() {
             let hir = regex_syntax::Parser::new().parse(p).ok();
             if let Some(prefixes) = hir.as_ref().and_then(anchored_prefixes) {
-                anchored.push((i, prefixes));
+                for p in prefixes {
+                    anchored[usize::from(p[0])].push((i, p));
+                }
+                any_anchored = true;
                 continue;
             }
             let req = hir
@@ -168,7 +173,7 @@ impl Prefilter {
                 }
             }
         }
-        if lits.is_empty() && anchored.is_empty() {
+        if lits.is_empty() && !any_anchored {
             return None;
         }
         let ac = if lits.is_empty() {
@@ -201,10 +206,12 @@ impl Prefilter {
             any = true;
         }
         let bytes = hay.as_bytes();
-        for (i, prefixes) in &self.anchored {
-            if prefixes.iter().any(|p| bytes.starts_with(p)) {
-                out[*i] = true;
-                any = true;
+        if let Some(&first) = bytes.first() {
+            for (i, p) in &self.anchored[usize::from(first)] {
+                if !out[*i] && bytes.starts_with(p) {
+                    out[*i] = true;
+                    any = true;
+                }
             }
         }
         if let Some(ac) = &self.ac {
