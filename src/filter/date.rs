@@ -1023,7 +1023,20 @@ pub struct DateMatch {
     /// Where the whole template match started, and the end of the range
     /// it was searched in.
     match_start: usize,
+    match_end: usize,
     range_end: usize,
+}
+
+/// The last converted date: the same text (in the same context, for the
+/// same template, at the same clock second) converts to the same time.
+#[derive(Debug, Default)]
+struct TimeMemo {
+    template: usize,
+    text: String,
+    around: (Option<char>, Option<char>),
+    now: i64,
+    time: Option<f64>,
+    valid: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1052,6 +1065,7 @@ pub struct DateState {
     slots: Slots,
     /// (template, match start) whose groups `slots` holds.
     slots_for: Option<(usize, usize)>,
+    memo: TimeMemo,
     clock: LocalClock,
     /// Hits per template (by template index), for reports.
     pub hits: Vec<u64>,
@@ -1103,6 +1117,7 @@ impl DateState {
             first_unused: 0,
             slots: Slots::default(),
             slots_for: None,
+            memo: TimeMemo::default(),
             clock: LocalClock::default(),
             hits: vec![0; n],
         }
@@ -1232,6 +1247,7 @@ impl DateState {
             start: gs,
             end: ge,
             match_start: s,
+            match_end: e,
             range_end,
         })
     }
@@ -1273,6 +1289,31 @@ impl DateState {
         m: &DateMatch,
         now: f64,
     ) -> Option<f64> {
+        let text = &line[m.match_start..m.match_end];
+        let around = (char_before(line, m.match_start), char_at(line, m.match_end));
+        let now_sec = now.floor() as i64;
+        let memo = &self.memo;
+        if memo.valid
+            && memo.template == m.template
+            && memo.now == now_sec
+            && memo.around == around
+            && memo.text == text
+        {
+            return memo.time;
+        }
+        let time = self.convert(det, line, m, now);
+        let memo = &mut self.memo;
+        memo.template = m.template;
+        memo.text.clear();
+        memo.text.push_str(text);
+        memo.around = around;
+        memo.now = now_sec;
+        memo.time = time;
+        memo.valid = true;
+        time
+    }
+
+    fn convert(&mut self, det: &DateDetector, line: &str, m: &DateMatch, now: f64) -> Option<f64> {
         let tmpl = &det.templates[m.template];
         if !matches!(tmpl.kind, Kind::Tai64n) && self.slots_for != Some((m.template, m.match_start))
         {

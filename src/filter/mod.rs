@@ -866,11 +866,12 @@ impl FilterState {
                 hay_valid = false;
             }
             if let Some(pre) = &pre_groups {
-                let mut merged = pre.clone();
-                for (k, v) in std::mem::take(&mut fail.groups.0) {
-                    merged.insert(k, v);
+                // `pre.copy().update(fail)`: the failregex's values win
+                for (k, v) in &pre.0 {
+                    if fail.groups.get(k).is_none() {
+                        fail.groups.0.push((k.clone(), v.clone()));
+                    }
                 }
-                fail.groups = merged;
             }
             let mlfid = fail.get("mlfid").map(str::to_string);
             let mut in_cache = false;
