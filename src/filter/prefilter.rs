@@ -11,6 +11,34 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
+/// A piece of a concatenation: adjacent literals joined, or another item.
+enum Part<'h> {
+    Run(Vec<u8>),
+    Item(&'h Hir),
+}
+
+fn concat_parts(subs: &[Hir]) -> Vec<Part<'_>> {
+    let mut parts = Vec::new();
+    let mut run: Vec<u8> = Vec::new();
+    for s in subs {
+        match s.kind() {
+            HirKind::Literal(lit) => run.extend_from_slice(&lit.0),
+            // zero-width: the literals around it are still adjacent
+            HirKind::Look(_) => {}
+            _ => {
+                if !run.is_empty() {
+                    parts.push(Part::Run(std::mem::take(&mut run)));
+                }
+                parts.push(Part::Item(s));
+            }
+        }
+    }
+    if !run.is_empty() {
+        parts.push(Part::Run(run));
+    }
+    parts
+}
+
 /// Literals of which every match contains at least one; `None` if nothing
 /// useful can be said.
 fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
@@ -27,25 +55,13 @@ fn required(h: &Hir) -> Option<Vec<Vec<u8>>> {
         }
         HirKind::Concat(subs) => {
             // adjacent literals form longer ones; then keep the best set
-            let mut candidates: Vec<Vec<Vec<u8>>> = Vec::new();
-            let mut run: Vec<u8> = Vec::new();
-            for s in subs {
-                match s.kind() {
-                    HirKind::Literal(lit) => run.extend_from_slice(&lit.0),
-                    HirKind::Look(_) => {}
-                    _ => {
-                        if !run.is_empty() {
-                            candidates.push(vec![std::mem::take(&mut run)]);
-                        }
-                        if let Some(r) = required(s) {
-                            candidates.push(r);
-                        }
-                    }
-                }
-            }
-            if !run.is_empty() {
-                candidates.push(vec![run]);
-            }
+            let candidates: Vec<Vec<Vec<u8>>> = concat_parts(subs)
+                .into_iter()
+                .filter_map(|part| match part {
+                    Part::Run(run) => Some(vec![run]),
+                    Part::Item(item) => required(item),
+                })
+                .collect();
             candidates.into_iter().max_by_key(|set| score(set))
         }
         _ => None,
@@ -61,21 +77,11 @@ pub fn all_requirements(pattern: &str) -> Vec<Vec<Vec<u8>>> {
             HirKind::Capture(c) => walk(&c.sub, out),
             HirKind::Repetition(r) if r.min >= 1 => walk(&r.sub, out),
             HirKind::Concat(subs) => {
-                let mut run: Vec<u8> = Vec::new();
-                for s in subs {
-                    match s.kind() {
-                        HirKind::Literal(lit) => run.extend_from_slice(&lit.0),
-                        HirKind::Look(_) => {}
-                        _ => {
-                            if !run.is_empty() {
-                                out.push(vec![std::mem::take(&mut run)]);
-                            }
-                            walk(s, out);
-                        }
+                for part in concat_parts(subs) {
+                    match part {
+                        Part::Run(run) => out.push(vec![run]),
+                        Part::Item(item) => walk(item, out),
                     }
-                }
-                if !run.is_empty() {
-                    out.push(vec![run]);
                 }
             }
             HirKind::Alternation(_) => {

@@ -990,6 +990,20 @@ fn resolve(n: &Node, env: &Env, ids: &mut usize) -> Option<Node> {
     })
 }
 
+/// `(?ims)` for the flags in force (empty if none).
+fn flag_prefix(flags: Flags) -> String {
+    let on: String = [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')]
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, c)| *c)
+        .collect();
+    if on.is_empty() {
+        on
+    } else {
+        format!("(?{on})")
+    }
+}
+
 /// Applies Fail2Ban's rewrite of `((?i)x)` / `(?:(?i)x)` to `(?i:x)`.
 pub fn glob_to_local_flags(pattern: &str) -> String {
     let b = pattern.as_bytes();
@@ -1084,15 +1098,7 @@ impl PyPattern {
         let mut flags = self.flags;
         flags.m |= multiline;
         let mut out = String::new();
-        let mut head = String::new();
-        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
-            if on {
-                head.push(c);
-            }
-        }
-        if !head.is_empty() {
-            let _ = write!(out, "(?{head})");
-        }
+        out.push_str(&flag_prefix(flags));
         let mut e = Emitter::new(self, target);
         e.alt(&self.root, flags, &mut out);
         out
@@ -1123,15 +1129,7 @@ impl PyPattern {
         let mut flags = self.flags;
         flags.m |= multiline;
         let mut out = String::new();
-        let mut head = String::new();
-        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
-            if on {
-                head.push(c);
-            }
-        }
-        if !head.is_empty() {
-            let _ = write!(out, "(?{head})");
-        }
+        out.push_str(&flag_prefix(flags));
         let mut e = Emitter::new(self, Target::Approx);
         e.in_backref_copy = true; // no captures needed
         e.alt(root, flags, &mut out);
@@ -1146,15 +1144,7 @@ impl PyPattern {
         let mut flags = self.flags;
         flags.m |= multiline;
         let mut out = String::new();
-        let mut head = String::new();
-        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
-            if on {
-                head.push(c);
-            }
-        }
-        if !head.is_empty() {
-            let _ = write!(out, "(?{head})");
-        }
+        out.push_str(&flag_prefix(flags));
         let mut e = Emitter::new(self, Target::Verified);
         e.alt(root, flags, &mut out);
         let conds_ok = e.checks.iter().all(|c| match c {
@@ -1255,15 +1245,7 @@ impl<'p> Emitter<'p> {
         let mut e = Emitter::new(self.pat, Target::Std);
         e.in_backref_copy = true; // no captures inside
         let mut text = String::new();
-        let mut head = String::new();
-        for (on, c) in [(flags.i, 'i'), (flags.m, 'm'), (flags.s, 's')] {
-            if on {
-                head.push(c);
-            }
-        }
-        if !head.is_empty() {
-            let _ = write!(text, "(?{head})");
-        }
+        text.push_str(&flag_prefix(flags));
         text.push_str("(?:");
         e.alt(body, flags, &mut text);
         text.push(')');
