@@ -851,50 +851,20 @@ fn prune(alt: &Alt, keep: &dyn Fn(usize, usize) -> bool) -> Alt {
 }
 
 fn prune_node(n: &Node, keep: &dyn Fn(usize, usize) -> bool) -> Node {
-    match n {
-        Node::Split { id, branches } => Node::Split {
+    let kept = match n {
+        Node::Split { id, branches } => &Node::Split {
             id: *id,
-            branches: prune(
-                &branches
-                    .iter()
-                    .enumerate()
-                    .filter(|(b, _)| keep(*id, *b))
-                    .map(|(_, c)| c.clone())
-                    .collect(),
-                keep,
-            ),
+            branches: branches
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| keep(*id, *b))
+                .map(|(_, c)| c.clone())
+                .collect(),
         },
-        Node::Group {
-            kind,
-            flags_on,
-            flags_off,
-            body,
-        } => Node::Group {
-            kind: kind.clone(),
-            flags_on: *flags_on,
-            flags_off: *flags_off,
-            body: prune(body, keep),
-        },
-        Node::Cond { group, yes, no } => Node::Cond {
-            group: *group,
-            yes: yes.iter().map(|x| prune_node(x, keep)).collect(),
-            no: no.iter().map(|x| prune_node(x, keep)).collect(),
-        },
-        Node::Repeat {
-            node,
-            min,
-            max,
-            greedy,
-            possessive,
-        } => Node::Repeat {
-            node: Box::new(prune_node(node, keep)),
-            min: *min,
-            max: *max,
-            greedy: *greedy,
-            possessive: *possessive,
-        },
-        other => other.clone(),
-    }
+        other => other,
+    };
+    kept.map_seqs(&mut |c| Some(c.iter().map(|x| prune_node(x, keep)).collect()))
+        .unwrap_or_else(|| kept.clone())
 }
 
 /// The branches of the `Split` with this id.
@@ -947,47 +917,67 @@ fn split_ids(alt: &Alt, out: &mut Vec<(usize, usize)>) {
 
 /// Resolves the conditionals inside one item with what `env` knows.
 fn resolve(n: &Node, env: &Env, ids: &mut usize) -> Option<Node> {
-    Some(match n {
+    match n {
         Node::Cond { group, yes, no } => {
             let branch = if env_get(env, *group)? { yes } else { no };
-            empty_group(vec![eliminate(branch, env, ids)?])
+            Some(empty_group(vec![eliminate(branch, env, ids)?]))
         }
-        Node::Split { id, branches } => Node::Split {
-            id: *id,
-            branches: branches
-                .iter()
-                .map(|c| eliminate(c, env, ids))
-                .collect::<Option<Alt>>()?,
-        },
-        Node::Group {
-            kind,
-            flags_on,
-            flags_off,
-            body,
-        } => Node::Group {
-            kind: kind.clone(),
-            flags_on: *flags_on,
-            flags_off: *flags_off,
-            body: body
-                .iter()
-                .map(|c| eliminate(c, env, ids))
-                .collect::<Option<Alt>>()?,
-        },
-        Node::Repeat {
-            node,
-            min,
-            max,
-            greedy,
-            possessive,
-        } => Node::Repeat {
-            node: Box::new(resolve(node, env, ids)?),
-            min: *min,
-            max: *max,
-            greedy: *greedy,
-            possessive: *possessive,
-        },
-        other => other.clone(),
-    })
+        other => other.map_seqs(&mut |c| eliminate(c, env, ids)),
+    }
+}
+
+impl Node {
+    /// A copy with every sequence directly inside replaced by `f` (`None`
+    /// if `f` gives `None` for one of them).
+    fn map_seqs(&self, f: &mut dyn FnMut(&Concat) -> Option<Concat>) -> Option<Node> {
+        let alt = |a: &Alt, f: &mut dyn FnMut(&Concat) -> Option<Concat>| {
+            a.iter().map(f).collect::<Option<Alt>>()
+        };
+        Some(match self {
+            Node::Group {
+                kind,
+                flags_on,
+                flags_off,
+                body,
+            } => Node::Group {
+                kind: kind.clone(),
+                flags_on: *flags_on,
+                flags_off: *flags_off,
+                body: alt(body, f)?,
+            },
+            Node::Split { id, branches } => Node::Split {
+                id: *id,
+                branches: alt(branches, f)?,
+            },
+            Node::Cond { group, yes, no } => Node::Cond {
+                group: *group,
+                yes: f(yes)?,
+                no: f(no)?,
+            },
+            Node::Repeat {
+                node,
+                min,
+                max,
+                greedy,
+                possessive,
+            } => {
+                let mut inner = f(&vec![(**node).clone()])?;
+                let node = if inner.len() == 1 {
+                    inner.pop()?
+                } else {
+                    empty_group(vec![inner])
+                };
+                Node::Repeat {
+                    node: Box::new(node),
+                    min: *min,
+                    max: *max,
+                    greedy: *greedy,
+                    possessive: *possessive,
+                }
+            }
+            other => other.clone(),
+        })
+    }
 }
 
 /// `(?ims)` for the flags in force (empty if none).
