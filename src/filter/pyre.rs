@@ -1460,44 +1460,31 @@ impl Emitter<'_> {
                 out.push(')');
             }
             Node::Cond { group, yes, no } => {
-                if verified {
+                // verified: `(?:(?P<marker>yes)|(?:no))`, checked afterwards;
+                // approx: `(?:yes|no)`; fancy: `(?(group)yes|no)`
+                let yes_marker = if verified {
                     if self.rep_depth > 0 {
                         self.unverifiable = true;
                     }
                     out.push_str("(?:");
-                    let yes_marker = self.marker(out);
-                    for y in yes {
-                        self.node(y, flags, out);
-                    }
-                    out.push_str(")|(?:");
-                    for y in no {
-                        self.node(y, flags, out);
-                    }
-                    out.push_str("))");
-                    self.checks.push(CheckSpec::Cond {
-                        group: *group,
-                        yes: yes_marker,
-                    });
+                    Some(self.marker(out))
                 } else if approx {
                     out.push_str("(?:");
-                    for y in yes {
-                        self.node(y, flags, out);
-                    }
-                    out.push('|');
-                    for y in no {
-                        self.node(y, flags, out);
-                    }
-                    out.push(')');
+                    None
                 } else {
                     let _ = write!(out, "(?({group})");
-                    for y in yes {
-                        self.node(y, flags, out);
-                    }
-                    out.push('|');
-                    for y in no {
-                        self.node(y, flags, out);
-                    }
-                    out.push(')');
+                    None
+                };
+                for y in yes {
+                    self.node(y, flags, out);
+                }
+                out.push_str(if verified { ")|(?:" } else { "|" });
+                for y in no {
+                    self.node(y, flags, out);
+                }
+                out.push_str(if verified { "))" } else { ")" });
+                if let Some(yes) = yes_marker {
+                    self.checks.push(CheckSpec::Cond { group: *group, yes });
                 }
             }
             Node::Backref(g) => {
