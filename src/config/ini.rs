@@ -76,19 +76,49 @@ fn at(origin: &Option<Origin>) -> String {
 /// Python's `MAX_INTERPOLATION_DEPTH`.
 const MAX_INTERPOLATION_DEPTH: usize = 10;
 
+/// A line that could not be read, with the section it stood in.
+#[derive(Debug, Clone)]
+pub struct SyntaxProblem {
+    pub section: Option<String>,
+    pub origin: Origin,
+    pub msg: String,
+}
+
+impl SyntaxProblem {
+    pub fn to_error(&self) -> IniError {
+        IniError::Syntax {
+            origin: self.origin.clone(),
+            msg: self.msg.clone(),
+        }
+    }
+}
+
 /// One file parsed on its own, before merging.
 #[derive(Debug, Default)]
 pub struct IniFile {
     pub defaults: Section,
     pub sections: IndexMap<String, Section>,
     pub warnings: Vec<String>,
+    /// Lines that could not be read (skipped; the rest of the file is kept).
+    pub problems: Vec<SyntaxProblem>,
 }
 
 /// Parses one file's text with `ConfigParser`'s rules: `[section]` headers,
 /// `key = value` or `key: value`, continuation lines indented deeper than
 /// their option, full-line `#`/`;` comments, inline `;` comments after
 /// whitespace, empty lines kept inside values and trailing ones dropped.
+/// The first unreadable line is an error.
 pub fn parse_str(path: &Path, text: &str) -> Result<IniFile, IniError> {
+    let file = parse_lenient(path, text);
+    match file.problems.first() {
+        Some(p) => Err(p.to_error()),
+        None => Ok(file),
+    }
+}
+
+/// Like [`parse_str`], but unreadable lines are recorded in `problems` and
+/// skipped, so that one broken jail does not take the others down.
+pub fn parse_lenient(path: &Path, text: &str) -> IniFile {
     let file: Arc<Path> = Arc::from(path);
     let mut out = IniFile::default();
     // (section name or None for DEFAULT, option) currently being continued
@@ -151,16 +181,21 @@ pub fn parse_str(path: &Path, text: &str) -> Result<IniFile, IniError> {
             continue;
         }
         let Some(section) = cur_section.clone() else {
-            return Err(IniError::Syntax {
+            out.problems.push(SyntaxProblem {
+                section: None,
                 origin,
                 msg: format!("line before the first [section] header: {value:?}"),
             });
+            continue;
         };
         let Some((name, val)) = split_option(value) else {
-            return Err(IniError::Syntax {
+            out.problems.push(SyntaxProblem {
+                section: section.clone(),
                 origin,
                 msg: format!("expected 'name = value' or a [section] header, found {value:?}"),
             });
+            cur_option = None;
+            continue;
         };
         let name = name.to_lowercase();
         let key = (section.clone(), name.clone());
@@ -186,7 +221,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<IniFile, IniError> {
             Some(s) => out.sections.entry(s).or_default().insert(name, value),
         };
     }
-    Ok(out)
+    out
 }
 
 /// Byte index where a comment starts: a full-line `#`/`;` comment, or an
@@ -237,6 +272,8 @@ pub struct Config {
     /// Every file read, in reading order.
     pub files: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// Unreadable lines (lenient reading only).
+    pub problems: Vec<SyntaxProblem>,
 }
 
 impl Config {
@@ -250,8 +287,19 @@ impl Config {
         Config::read_files(&files).map(Some)
     }
 
-    /// Reads the given files (and their includes) in order.
+    /// Reads the given files (and their includes) in order; the first
+    /// unreadable line is an error.
     pub fn read_files(files: &[PathBuf]) -> Result<Config, IniError> {
+        let cfg = Config::read_files_lenient(files)?;
+        match cfg.problems.first() {
+            Some(p) => Err(p.to_error()),
+            None => Ok(cfg),
+        }
+    }
+
+    /// Like [`read_files`](Self::read_files), but unreadable lines are kept
+    /// in `problems` (with their section) instead of failing the whole read.
+    pub fn read_files_lenient(files: &[PathBuf]) -> Result<Config, IniError> {
         let mut order = Vec::new();
         let mut cache: IndexMap<PathBuf, Arc<IniFile>> = IndexMap::new();
         for f in with_locals(files) {
@@ -264,6 +312,7 @@ impl Config {
             };
             cfg.merge(&file);
             cfg.warnings.extend(file.warnings.iter().cloned());
+            cfg.problems.extend(file.problems.iter().cloned());
             cfg.files.push(path);
         }
         Ok(cfg)
@@ -574,7 +623,7 @@ fn read_ini(path: &Path) -> Result<IniFile, IniError> {
             e.utf8_error().valid_up_to()
         ),
     })?;
-    parse_str(path, &text)
+    Ok(parse_lenient(path, &text))
 }
 
 /// Depth-first include expansion: before-files, the file, after-files.

@@ -1,5 +1,9 @@
-//! Configuration: the INI dialect shared by all files, and `NAME[opts]`
-//! references. Meaning is given to options by the readers that use them.
+//! Configuration: the INI dialect shared by all files, `NAME[opts]`
+//! references, time spans, and the readers that give options their meaning
+//! (daemon settings in `banhammer.conf`, jails in `jail.conf` and friends).
 
+pub mod daemon;
+pub mod duration;
 pub mod ini;
+pub mod jail;
 pub mod options;

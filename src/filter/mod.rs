@@ -17,6 +17,7 @@ use date::{DateDetector, DateError, DateState};
 use prefilter::Prefilter;
 use pyre::{glob_to_local_flags, Pattern, PatternError, Slots};
 pub use reader::{read_filter, read_filter_at, FilterDefinition, ReadError};
+pub use reader::{definition_options, resolve_for_jail, FILTER_OPTIONS};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 pub use tags::UseDns;

@@ -102,64 +102,41 @@ pub fn read_filter_at(
     resolve(cfg, name, jail_opts)
 }
 
-/// Fail2Ban's `DefinitionInitConfigReader.getOptions` + `getCombined`.
+/// Fail2Ban's `DefinitionInitConfigReader.getOptions` + `getCombined` for a
+/// filter used on its own (`test-filter`, `regex`).
 pub fn resolve(
     cfg: Config,
     name: &str,
     jail_opts: &IndexMap<String, String>,
 ) -> Result<FilterDefinition, ReadError> {
-    let ini = |cause| ReadError::Ini {
-        name: name.to_string(),
-        cause,
-    };
-    let pvars: Vars = jail_opts
-        .iter()
-        .map(|(k, v)| (k.to_lowercase(), v.clone()))
-        .collect();
-    let mut opts: IndexMap<String, String> = IndexMap::new();
-    for opt in FILTER_OPTIONS {
-        if jail_opts.contains_key(opt) {
-            continue;
-        }
-        if let Some(v) = cfg.get("Definition", opt, &pvars).map_err(ini)? {
-            opts.insert(opt.to_string(), v);
-        }
+    resolve_for_jail(cfg, name, jail_opts, &Vars::new(), &IndexMap::new())
+}
+
+/// The filter's `[Definition]` options (all of them, substituted as the
+/// filter itself sees them), as a jail publishes them under `known/`.
+pub fn definition_options(
+    cfg: &Config,
+    name: &str,
+    spec_opts: &IndexMap<String, String>,
+) -> Result<IndexMap<String, String>, ReadError> {
+    combined_options(cfg, name, spec_opts, &Vars::new(), &IndexMap::new(), true)
+}
+
+/// [`resolve`] inside a jail: `jail_vars` are the jail's option values
+/// (interpolation variables below the filter spec's options), and
+/// `overrides` are filter options the jail sets itself (`failregex`,
+/// `maxlines`, ...), which replace the filter's.
+pub fn resolve_for_jail(
+    cfg: Config,
+    name: &str,
+    jail_opts: &IndexMap<String, String>,
+    jail_vars: &Vars,
+    overrides: &IndexMap<String, String>,
+) -> Result<FilterDefinition, ReadError> {
+    let mut options = combined_options(&cfg, name, jail_opts, jail_vars, overrides, false)?;
+    for (k, v) in overrides {
+        options.insert(k.clone(), v.clone());
     }
-    let mut init: IndexMap<String, String> = jail_opts.clone();
-    if cfg.has_section("Init") {
-        for opt in cfg.own_options("Init") {
-            let v = cfg
-                .get("Init", &opt, &Vars::new())
-                .map_err(ini)?
-                .unwrap_or_default();
-            if !opt.starts_with("known/") {
-                init.insert(format!("known/{opt}"), v.clone());
-            }
-            init.entry(opt).or_insert(v);
-        }
-    }
-    let mut combined = opts;
-    for (k, v) in init {
-        combined.insert(k, v);
-    }
-    let ignore: Vec<String> = combined
-        .keys()
-        .filter_map(|k| split_conditional(k).map(|(base, _)| base.to_string()))
-        .collect();
-    let mut cache: IndexMap<String, Option<String>> = IndexMap::new();
-    let mut extra = |tag: &str| -> Option<String> {
-        if let Some(v) = cache.get(tag) {
-            return v.clone();
-        }
-        let v = cfg.get_ex("Definition", tag, &pvars).ok().flatten();
-        cache.insert(tag.to_string(), v.clone());
-        v
-    };
-    let options =
-        substitute_recursive(&combined, &ignore, &mut extra).map_err(|cause| ReadError::Tags {
-            name: name.to_string(),
-            cause,
-        })?;
     let lines = |k: &str| -> Vec<String> {
         options
             .get(k)
@@ -195,5 +172,71 @@ pub fn resolve(
         usedns: options.get("usedns").cloned(),
         warnings: cfg.warnings.clone(),
         options,
+    })
+}
+
+/// `getOptions` + `getCombined`: the filter options (the ones the engine
+/// uses, or with `all` every `[Definition]` option) with the spec's options
+/// and `[Init]` values, `<tag>`-substituted.
+fn combined_options(
+    cfg: &Config,
+    name: &str,
+    jail_opts: &IndexMap<String, String>,
+    jail_vars: &Vars,
+    skip: &IndexMap<String, String>,
+    all: bool,
+) -> Result<IndexMap<String, String>, ReadError> {
+    let ini = |cause| ReadError::Ini {
+        name: name.to_string(),
+        cause,
+    };
+    let mut pvars: Vars = jail_vars.clone();
+    for (k, v) in jail_opts {
+        pvars.insert(k.to_lowercase(), v.clone());
+    }
+    let keys: Vec<String> = if all {
+        cfg.options("Definition")
+    } else {
+        FILTER_OPTIONS.iter().map(|s| s.to_string()).collect()
+    };
+    let mut opts: IndexMap<String, String> = IndexMap::new();
+    for opt in keys {
+        if jail_opts.contains_key(&opt) || skip.contains_key(&opt) {
+            continue;
+        }
+        if let Some(v) = cfg.get("Definition", &opt, &pvars).map_err(ini)? {
+            opts.insert(opt, v);
+        }
+    }
+    let mut init: IndexMap<String, String> = jail_opts.clone();
+    if cfg.has_section("Init") {
+        for opt in cfg.own_options("Init") {
+            let v = cfg.get("Init", &opt, &Vars::new()).map_err(ini)?.unwrap_or_default();
+            if !opt.starts_with("known/") {
+                init.insert(format!("known/{opt}"), v.clone());
+            }
+            init.entry(opt).or_insert(v);
+        }
+    }
+    let mut combined = opts;
+    for (k, v) in init {
+        combined.insert(k, v);
+    }
+    let ignore: Vec<String> = combined
+        .keys()
+        .filter_map(|k| split_conditional(k).map(|(base, _)| base.to_string()))
+        .collect();
+    let mut cache: IndexMap<String, Option<String>> = IndexMap::new();
+    let mut extra = |tag: &str| -> Option<String> {
+        if let Some(v) = cache.get(tag) {
+            return v.clone();
+        }
+        let v = cfg.get_ex("Definition", tag, &pvars).ok().flatten();
+        cache.insert(tag.to_string(), v.clone());
+        v
+    };
+    substitute_recursive(&combined, &ignore, &mut extra).map_err(|cause| ReadError::Tags {
+        name: name.to_string(),
+        cause,
     })
 }
