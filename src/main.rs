@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use banhammer::cmd;
+use banhammer::control::Request;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,12 +14,45 @@ use std::process::ExitCode;
     about = "Intrusion prevention with Fail2Ban-compatible filters"
 )]
 struct Cli {
+    /// Configuration directory (banhammer.conf, jail.conf, filter.d/, ...).
+    #[arg(long, global = true, default_value = "/etc/banhammer")]
+    config_dir: PathBuf,
+    /// Control socket (default: `socket =` in banhammer.conf).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon.
+    Run {
+        /// Stay in the foreground (for systemd and terminals).
+        #[arg(long, short = 'f')]
+        foreground: bool,
+    },
+    /// Jails and their counts, or one jail in detail.
+    Status { jail: Option<String> },
+    /// Active bans (optionally only of these addresses).
+    Banned { ips: Vec<String> },
+    /// Ban addresses in a jail.
+    Ban { jail: String, ips: Vec<String> },
+    /// Lift bans of addresses in every jail (or all bans with --all).
+    Unban {
+        ips: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-read the configuration (all jails, or one).
+    Reload { jail: Option<String> },
+    /// Check that the daemon answers.
+    Ping,
+    /// Stop the daemon.
+    Stop,
     /// Run one filter over a log file and print one JSON object per line
     /// (the conformance interface, see CONTRACT.md).
     TestFilter {
@@ -89,9 +123,56 @@ fn default_filter_dir() -> PathBuf {
     exe_repo.unwrap_or_else(|| PathBuf::from("filters"))
 }
 
+/// Sends one request to the daemon and prints its answer.
+fn client(cli: &Cli, req: Request) -> anyhow::Result<()> {
+    let socket = match &cli.socket {
+        Some(s) => s.clone(),
+        None => banhammer::config::daemon::DaemonConfig::read(&cli.config_dir)
+            .map(|c| c.socket)
+            .unwrap_or_else(|_| PathBuf::from(banhammer::config::daemon::DEFAULT_SOCKET)),
+    };
+    let v = banhammer::control::client::call(&socket, &req)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", banhammer::control::client::render(&req, &v));
+    }
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { foreground } => {
+            banhammer::daemon::run(banhammer::daemon::RunOptions {
+                config_dir: cli.config_dir.clone(),
+                foreground,
+            })?;
+        }
+        Command::Status { ref jail } => client(&cli, Request::Status { jail: jail.clone() })?,
+        Command::Banned { ref ips } => client(&cli, Request::Banned { ips: ips.clone() })?,
+        Command::Ban { ref jail, ref ips } => client(
+            &cli,
+            Request::Ban {
+                jail: jail.clone(),
+                ips: ips.clone(),
+            },
+        )?,
+        Command::Unban { ref ips, all } => {
+            if ips.is_empty() && !all {
+                anyhow::bail!("give addresses to unban, or --all");
+            }
+            client(
+                &cli,
+                Request::Unban {
+                    ips: ips.clone(),
+                    all,
+                },
+            )?
+        }
+        Command::Reload { ref jail } => client(&cli, Request::Reload { jail: jail.clone() })?,
+        Command::Ping => client(&cli, Request::Ping)?,
+        Command::Stop => client(&cli, Request::Stop)?,
         Command::TestFilter {
             filter_dir,
             json,

@@ -92,7 +92,9 @@ impl DaemonConfig {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| dir.join("banhammer.conf").display().to_string());
         let get = |key: &str| -> Result<Option<String>, DaemonConfigError> {
-            Ok(raw.get("Definition", key, &Vars::new())?.map(|v| v.trim().to_string()))
+            Ok(raw
+                .get("Definition", key, &Vars::new())?
+                .map(|v| v.trim().to_string()))
         };
         let bad = |key: &str, value: &str, msg: &str| DaemonConfigError::Value {
             file: file.clone(),
@@ -101,7 +103,13 @@ impl DaemonConfig {
             msg: msg.to_string(),
         };
         let loglevel = match get("loglevel")? {
-            Some(v) => LogLevel::parse(&v).ok_or_else(|| bad("loglevel", &v, "use CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG"))?,
+            Some(v) => LogLevel::parse(&v).ok_or_else(|| {
+                bad(
+                    "loglevel",
+                    &v,
+                    "use CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG",
+                )
+            })?,
             None => LogLevel::Info,
         };
         let logtarget = match get("logtarget")?.as_deref() {
@@ -109,10 +117,18 @@ impl DaemonConfig {
             Some("STDOUT") => LogTarget::Stdout,
             Some("SYSTEMD-JOURNAL") | Some("SYSLOG") => LogTarget::Journal,
             Some(p) if p.starts_with('/') => LogTarget::File(PathBuf::from(p)),
-            Some(p) => return Err(bad("logtarget", p, "use STDERR, STDOUT, SYSTEMD-JOURNAL or an absolute file path")),
+            Some(p) => {
+                return Err(bad(
+                    "logtarget",
+                    p,
+                    "use STDERR, STDOUT, SYSTEMD-JOURNAL or an absolute file path",
+                ))
+            }
         };
         let path_or = |key: &str, default: &str| -> Result<PathBuf, DaemonConfigError> {
-            Ok(PathBuf::from(get(key)?.unwrap_or_else(|| default.to_string())))
+            Ok(PathBuf::from(
+                get(key)?.unwrap_or_else(|| default.to_string()),
+            ))
         };
         let dbfile = match get("dbfile")? {
             Some(v) if v.eq_ignore_ascii_case("none") => None,
@@ -124,7 +140,9 @@ impl DaemonConfig {
             None => 86400.0,
         };
         let dbmaxmatches = match get("dbmaxmatches")? {
-            Some(v) => v.parse().map_err(|_| bad("dbmaxmatches", &v, "must be a whole number"))?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("dbmaxmatches", &v, "must be a whole number"))?,
             None => 10,
         };
         Ok(DaemonConfig {
@@ -162,8 +180,15 @@ mod tests {
         assert_eq!(c.dbfile, None);
         assert_eq!(c.dbpurgeage, 7.0 * 86400.0);
         assert_eq!(c.dbmaxmatches, 3);
-        std::fs::write(dir.path().join("banhammer.conf"), "[Definition]\ndbpurgeage = soon\n").unwrap();
+        std::fs::write(
+            dir.path().join("banhammer.conf"),
+            "[Definition]\ndbpurgeage = soon\n",
+        )
+        .unwrap();
         let e = DaemonConfig::read(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("banhammer.conf") && e.contains("dbpurgeage"), "{e}");
+        assert!(
+            e.contains("banhammer.conf") && e.contains("dbpurgeage"),
+            "{e}"
+        );
     }
 }

@@ -34,15 +34,20 @@ pub fn parse_seconds(text: &str) -> Result<f64, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("{text:?} is not a time span (use e.g. 600, 10m, 1h, 1d12h)"));
+            return Err(format!(
+                "{text:?} is not a time span (use e.g. 600, 10m, 1h, 1d12h)"
+            ));
         }
         let num: f64 = rest[..num_len]
             .parse()
             .map_err(|_| format!("{text:?}: bad number {:?}", &rest[..num_len]))?;
         rest = rest[num_len..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
-        let mult = unit_seconds(unit).ok_or_else(|| format!("{text:?}: unknown time unit {unit:?}"))?;
+        let mult =
+            unit_seconds(unit).ok_or_else(|| format!("{text:?}: unknown time unit {unit:?}"))?;
         total += num * mult;
         rest = &rest[unit_len..];
         parts += 1;

@@ -189,11 +189,19 @@ fn parse_backend(v: &str) -> Result<Backend, String> {
             paths: words("journalpath"),
             files: words("journalfiles"),
             flags: match spec.options.get("journalflags") {
-                Some(f) => Some(f.trim().parse().map_err(|_| format!("journalflags={f:?} is not a number"))?),
+                Some(f) => Some(
+                    f.trim()
+                        .parse()
+                        .map_err(|_| format!("journalflags={f:?} is not a number"))?,
+                ),
                 None => None,
             },
         },
-        other => return Err(format!("unknown backend {other:?} (use auto, polling, inotify or systemd[...])")),
+        other => {
+            return Err(format!(
+                "unknown backend {other:?} (use auto, polling, inotify or systemd[...])"
+            ))
+        }
     })
 }
 
@@ -234,10 +242,12 @@ impl Jails {
             ("fail2ban_version", "1.0.2"),
             ("fail2ban_confpath", &dir.display().to_string()),
         ] {
-            cfg.defaults.entry(k.to_string()).or_insert(super::ini::Value {
-                text: v.to_string(),
-                origin: origin.clone(),
-            });
+            cfg.defaults
+                .entry(k.to_string())
+                .or_insert(super::ini::Value {
+                    text: v.to_string(),
+                    origin: origin.clone(),
+                });
         }
         let mut out = Jails {
             warnings: cfg.warnings.clone(),
@@ -268,7 +278,10 @@ impl Jails {
             let enabled = match cfg.get(&name, "enabled", &Vars::new()) {
                 Ok(v) => parse_bool(v.as_deref().unwrap_or("false")).unwrap_or(false),
                 Err(e) => {
-                    out.problems.push(JailProblem { jail: name.clone(), msg: e.to_string() });
+                    out.problems.push(JailProblem {
+                        jail: name.clone(),
+                        msg: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -289,13 +302,20 @@ impl Jails {
                     || cfg.defaults.contains_key(&opt)
                     || referenced.contains(&opt);
                 if !known {
-                    let at = cfg.raw(&name, &opt).map(|v| format!(" ({})", v.origin)).unwrap_or_default();
-                    out.warnings.push(format!("jail '{name}': unknown option '{opt}' ignored{at}"));
+                    let at = cfg
+                        .raw(&name, &opt)
+                        .map(|v| format!(" ({})", v.origin))
+                        .unwrap_or_default();
+                    out.warnings
+                        .push(format!("jail '{name}': unknown option '{opt}' ignored{at}"));
                 }
             }
             match read_jail(&mut cfg, dir, &name) {
                 Ok(j) => out.jails.push(j),
-                Err(msg) => out.problems.push(JailProblem { jail: name.clone(), msg }),
+                Err(msg) => out.problems.push(JailProblem {
+                    jail: name.clone(),
+                    msg,
+                }),
             }
         }
         Ok(out)
@@ -304,7 +324,9 @@ impl Jails {
 
 /// `<tag>` names used in `action.d` files: jail options meant for actions.
 fn scan_action_tags(dir: &Path, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path()) {
             referenced_names(&text, out);
@@ -316,17 +338,27 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
     let get = |cfg: &Config, key: &str| -> Result<Option<String>, String> {
         cfg.get(name, key, &Vars::new()).map_err(|e| e.to_string())
     };
-    let origin = cfg.sections.get(name).and_then(|s| s.values().next()).map(|v| v.origin.clone());
-    let at = |key: &str, cfg: &Config| cfg.raw(name, key).map(|v| format!(" ({})", v.origin)).unwrap_or_default();
+    let origin = cfg
+        .sections
+        .get(name)
+        .and_then(|s| s.values().next())
+        .map(|v| v.origin.clone());
+    let at = |key: &str, cfg: &Config| {
+        cfg.raw(name, key)
+            .map(|v| format!(" ({})", v.origin))
+            .unwrap_or_default()
+    };
     let backend_text = get(cfg, "backend")?.unwrap_or_else(|| "auto".into());
-    let backend = parse_backend(&backend_text).map_err(|e| format!("backend: {e}{}", at("backend", cfg)))?;
+    let backend =
+        parse_backend(&backend_text).map_err(|e| format!("backend: {e}{}", at("backend", cfg)))?;
 
     // the filter, and its options published to the jail as `known/...`
     let filter_value = get(cfg, "filter")?.unwrap_or_default();
     if filter_value.trim().is_empty() {
         return Err(format!("no filter set{}", at("enabled", cfg)));
     }
-    let mut spec = parse_named(&filter_value).map_err(|e| format!("filter = {filter_value}: {e}{}", at("filter", cfg)))?;
+    let mut spec = parse_named(&filter_value)
+        .map_err(|e| format!("filter = {filter_value}: {e}{}", at("filter", cfg)))?;
     let filter_dir = dir.join("filter.d");
     let filter_cfg = Config::read_layered(&filter_dir.join(&spec.name))
         .map_err(|e| format!("filter '{}': {e}", spec.name))?
@@ -340,22 +372,31 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
                 at("filter", cfg)
             )
         })?;
-    let own_logtype = filter_cfg.sections.get("Definition").is_some_and(|s| s.contains_key("logtype"));
+    let own_logtype = filter_cfg
+        .sections
+        .get("Definition")
+        .is_some_and(|s| s.contains_key("logtype"));
     if !spec.options.contains_key("logtype") && !own_logtype {
-        let lt = if backend.is_journal() { "journal" } else { "file" };
+        let lt = if backend.is_journal() {
+            "journal"
+        } else {
+            "file"
+        };
         spec.options.insert("logtype".into(), lt.into());
     }
-    let known = definition_options(&filter_cfg, &spec.name, &spec.options).map_err(|e| e.to_string())?;
+    let known =
+        definition_options(&filter_cfg, &spec.name, &spec.options).map_err(|e| e.to_string())?;
     if let Some(sec) = cfg.sections.get_mut(name) {
         let origin = Origin {
             file: std::sync::Arc::from(Path::new("<filter>")),
             line: 0,
         };
         for (k, v) in known {
-            sec.entry(format!("known/{k}")).or_insert(super::ini::Value {
-                text: v,
-                origin: origin.clone(),
-            });
+            sec.entry(format!("known/{k}"))
+                .or_insert(super::ini::Value {
+                    text: v,
+                    origin: origin.clone(),
+                });
         }
     }
 
@@ -372,7 +413,8 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         .filter(|k| own(k))
         .filter_map(|k| vars.get(*k).map(|v| (k.to_string(), v.clone())))
         .collect();
-    let filter = resolve_for_jail(filter_cfg, &spec.name, &spec.options, &vars, &overrides).map_err(|e| e.to_string())?;
+    let filter = resolve_for_jail(filter_cfg, &spec.name, &spec.options, &vars, &overrides)
+        .map_err(|e| e.to_string())?;
 
     let num = |key: &str, default: f64| -> Result<f64, String> {
         match vars.get(key) {
@@ -391,13 +433,17 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
     };
     let flag = |key: &str, default: bool| -> Result<bool, String> {
         match vars.get(key) {
-            Some(v) => parse_bool(v).ok_or_else(|| format!("{key} = {v:?} is not true or false{}", at(key, cfg))),
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| format!("{key} = {v:?} is not true or false{}", at(key, cfg))),
             None => Ok(default),
         }
     };
     let maxretry = int("maxretry", 3)? as u32;
     if maxretry == 0 {
-        return Err(format!("maxretry must be at least 1{}", at("maxretry", cfg)));
+        return Err(format!(
+            "maxretry must be at least 1{}",
+            at("maxretry", cfg)
+        ));
     }
     let findtime = num("findtime", 600.0)?;
     let bantime = num("bantime", 600.0)?;
@@ -405,30 +451,47 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         let multipliers = match vars.get("bantime.multipliers") {
             Some(m) => m
                 .split_whitespace()
-                .map(|x| x.parse::<f64>().map_err(|_| format!("bantime.multipliers: {x:?} is not a number")))
+                .map(|x| {
+                    x.parse::<f64>()
+                        .map_err(|_| format!("bantime.multipliers: {x:?} is not a number"))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
         Some(Increment {
             factor: match vars.get("bantime.factor") {
-                Some(f) => f.trim().parse().map_err(|_| format!("bantime.factor = {f:?} is not a number"))?,
+                Some(f) => f
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bantime.factor = {f:?} is not a number"))?,
                 None => 1.0,
             },
             multipliers,
-            maxtime: vars.get("bantime.maxtime").map(|v| parse_seconds(v)).transpose()?,
-            rndtime: vars.get("bantime.rndtime").map(|v| parse_seconds(v)).transpose()?,
+            maxtime: vars
+                .get("bantime.maxtime")
+                .map(|v| parse_seconds(v))
+                .transpose()?,
+            rndtime: vars
+                .get("bantime.rndtime")
+                .map(|v| parse_seconds(v))
+                .transpose()?,
             overalljails: flag("bantime.overalljails", false)?,
         })
     } else {
         None
     };
     let usedns = match vars.get("usedns") {
-        Some(v) => UseDns::parse(v).ok_or_else(|| format!("usedns = {v:?}: use yes, warn, no or raw"))?,
+        Some(v) => {
+            UseDns::parse(v).ok_or_else(|| format!("usedns = {v:?}: use yes, warn, no or raw"))?
+        }
         None => UseDns::Warn,
     };
     let ipv6prefix = int("ipv6prefix", 128)?;
     if !(1..=128).contains(&ipv6prefix) {
-        return Err(format!("ipv6prefix must be between 1 and 128{}", at("ipv6prefix", cfg)));
+        return Err(format!(
+            "ipv6prefix must be between 1 and 128{}",
+            at("ipv6prefix", cfg)
+        ));
     }
     let logtimezone = match vars.get("logtimezone") {
         Some(tz) => Some(crate::filter::date::parse_time_zone(tz).map_err(|e| e.to_string())?),
@@ -443,16 +506,28 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
                     .map(|l| match l.rsplit_once(' ') {
-                        Some((p, "tail")) => LogPath { pattern: p.trim().to_string(), tail: true },
-                        Some((p, "head")) => LogPath { pattern: p.trim().to_string(), tail: false },
-                        _ => LogPath { pattern: l.to_string(), tail: false },
+                        Some((p, "tail")) => LogPath {
+                            pattern: p.trim().to_string(),
+                            tail: true,
+                        },
+                        Some((p, "head")) => LogPath {
+                            pattern: p.trim().to_string(),
+                            tail: false,
+                        },
+                        _ => LogPath {
+                            pattern: l.to_string(),
+                            tail: false,
+                        },
                     })
                     .collect()
             })
             .unwrap_or_default()
     };
     if !backend.is_journal() && logpaths.is_empty() {
-        return Err(format!("no logpath set (or use backend = systemd){}", at("enabled", cfg)));
+        return Err(format!(
+            "no logpath set (or use backend = systemd){}",
+            at("enabled", cfg)
+        ));
     }
     let actions = vars
         .get("action")
@@ -476,10 +551,18 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         increment,
         ignoreip: vars
             .get("ignoreip")
-            .map(|v| v.split([' ', ',', '\n', '\t']).filter(|s| !s.is_empty()).map(String::from).collect())
+            .map(|v| {
+                v.split([' ', ',', '\n', '\t'])
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default(),
         ignoreself: flag("ignoreself", true)?,
-        ignorecommand: vars.get("ignorecommand").filter(|c| !c.trim().is_empty()).cloned(),
+        ignorecommand: vars
+            .get("ignorecommand")
+            .filter(|c| !c.trim().is_empty())
+            .cloned(),
         usedns,
         maxmatches: int("maxmatches", u64::from(maxretry))? as usize,
         logtimezone,
@@ -523,7 +606,13 @@ mod tests {
         assert_eq!(d.findtime, 600.0);
         assert_eq!(d.bantime, 129600.0);
         assert_eq!(d.ipv6prefix, 64);
-        assert_eq!(d.logpaths[0], LogPath { pattern: "/var/log/demo.log".into(), tail: true });
+        assert_eq!(
+            d.logpaths[0],
+            LogPath {
+                pattern: "/var/log/demo.log".into(),
+                tail: true
+            }
+        );
         assert_eq!(d.logpaths[1].pattern, "/var/log/other*.log");
         assert_eq!(d.increment.as_ref().unwrap().multipliers, [1.0, 2.0, 4.0]);
         assert_eq!(d.filter.failregex.len(), 2);
@@ -538,7 +627,14 @@ mod tests {
         let dir = setup("[demo]\nenabled = true\nlogpath = /x\nfilter = demo[mode=worse]\nfailregex = %(known/failregex)s\n            ^extra <HOST>$\n");
         let j = Jails::read(dir.path()).unwrap();
         let d = &j.jails[0];
-        assert_eq!(d.filter.failregex, ["^auth failure from <HOST>$", "^worse from <HOST>$", "^extra <HOST>$"]);
+        assert_eq!(
+            d.filter.failregex,
+            [
+                "^auth failure from <HOST>$",
+                "^worse from <HOST>$",
+                "^extra <HOST>$"
+            ]
+        );
     }
 
     #[test]
@@ -547,9 +643,27 @@ mod tests {
         let j = Jails::read(dir.path()).unwrap();
         assert_eq!(j.jails.len(), 1, "{:?}", j.problems);
         let msgs: Vec<String> = j.problems.iter().map(|p| p.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.contains("'nofilter'") && m.contains("nosuch.conf")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("'syntax'") && m.contains("jail.local:11")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("'badtime'") && m.contains("bantime")), "{msgs:?}");
-        assert!(j.warnings.iter().any(|w| w.contains("maxretyr") && w.contains("jail.local:4")), "{:?}", j.warnings);
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("'nofilter'") && m.contains("nosuch.conf")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("'syntax'") && m.contains("jail.local:11")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("'badtime'") && m.contains("bantime")),
+            "{msgs:?}"
+        );
+        assert!(
+            j.warnings
+                .iter()
+                .any(|w| w.contains("maxretyr") && w.contains("jail.local:4")),
+            "{:?}",
+            j.warnings
+        );
     }
 }

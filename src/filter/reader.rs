@@ -211,7 +211,10 @@ fn combined_options(
     let mut init: IndexMap<String, String> = jail_opts.clone();
     if cfg.has_section("Init") {
         for opt in cfg.own_options("Init") {
-            let v = cfg.get("Init", &opt, &Vars::new()).map_err(ini)?.unwrap_or_default();
+            let v = cfg
+                .get("Init", &opt, &Vars::new())
+                .map_err(ini)?
+                .unwrap_or_default();
             if !opt.starts_with("known/") {
                 init.insert(format!("known/{opt}"), v.clone());
             }

@@ -1,0 +1,571 @@
+//! The daemon: starts the store, the jails with their sources and actions,
+//! and the control socket; reloads and stops them.
+//!
+//! Shutdown is a tree: one root `CancellationToken`, a child per jail (its
+//! task, source threads and action thread stop with it). Reload builds and
+//! compiles the whole new configuration first and swaps it in only if every
+//! enabled jail is good; otherwise the running jails stay as they are.
+
+use crate::config::daemon::{DaemonConfig, DaemonConfigError};
+use crate::config::jail::{Backend, JailConfig, Jails, JailsError};
+use crate::control::{self, ControlError, Incoming, Request, Response};
+use crate::filter::Filter;
+use crate::firewall::{build_actions, ActionRunner};
+use crate::jail::{now, ActiveBan, Jail, JailCmd, JailMsg, JailStatus};
+use crate::source::{self, file::FileSource, journal::JournalSource};
+use crate::store::{Store, StoreCmd, StoreError};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] DaemonConfigError),
+    #[error(transparent)]
+    Jails(#[from] JailsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Log(#[from] crate::logging::LogError),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+}
+
+pub struct RunOptions {
+    pub config_dir: PathBuf,
+    pub foreground: bool,
+}
+
+/// Reads the configuration, sets up the log, and runs until stopped.
+pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    let dcfg = DaemonConfig::read(&opts.config_dir)?;
+    crate::logging::init(&dcfg.logtarget, dcfg.loglevel)?;
+    if !opts.foreground {
+        daemonize().map_err(|cause| DaemonError::Io {
+            what: "cannot go to the background (use --foreground)".into(),
+            cause,
+        })?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("banhammer")
+        .build()
+        .map_err(|cause| DaemonError::Io {
+            what: "cannot start the runtime".into(),
+            cause,
+        })?;
+    rt.block_on(main_loop(opts.config_dir, dcfg))
+}
+
+fn daemonize() -> std::io::Result<()> {
+    // SAFETY: called before any thread exists (the runtime, the store and
+    // the sources start afterwards), so fork duplicates a single-threaded
+    // process; the parent exits immediately without touching shared state.
+    unsafe {
+        match libc::fork() {
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        if libc::setsid() == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let devnull = std::ffi::CString::new("/dev/null").unwrap_or_default();
+        let fd = libc::open(devnull.as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+    std::env::set_current_dir("/")
+}
+
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile, DaemonError> {
+        let io = |cause| DaemonError::Io {
+            what: format!("pid file {}", path.display()),
+            cause,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(io)?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct RunningJail {
+    tx: mpsc::Sender<JailMsg>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct Daemon {
+    config_dir: PathBuf,
+    store: Store,
+    root: CancellationToken,
+    jails: IndexMap<String, RunningJail>,
+    skipped: Vec<String>,
+}
+
+/// A jail ready to start: its configuration and compiled filter.
+type Prepared = (JailConfig, Arc<Filter>);
+
+/// Reads and compiles every enabled jail; returns the good ones and the
+/// reasons for the others.
+fn prepare(config_dir: &Path) -> Result<(Vec<Prepared>, Vec<String>), JailsError> {
+    let jails = Jails::read(config_dir)?;
+    for w in &jails.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut problems: Vec<String> = jails.problems.iter().map(|p| p.to_string()).collect();
+    let mut good = Vec::new();
+    for cfg in jails.jails {
+        match cfg.compile_filter() {
+            Ok(f) => good.push((cfg, Arc::new(f))),
+            Err(e) => problems.push(format!("jail '{}' skipped: {e}", cfg.name)),
+        }
+    }
+    Ok((good, problems))
+}
+
+fn expand_logpaths(cfg: &JailConfig) -> Vec<String> {
+    let mut found = Vec::new();
+    for lp in &cfg.logpaths {
+        if let Ok(g) = glob::glob(&lp.pattern) {
+            found.extend(
+                g.flatten()
+                    .filter(|p| p.is_file())
+                    .map(|p| p.display().to_string()),
+            );
+        }
+    }
+    found
+}
+
+impl Daemon {
+    async fn start_jail(&mut self, cfg: JailConfig, filter: Arc<Filter>) -> Result<(), String> {
+        let name = cfg.name.clone();
+        if !cfg.backend.is_journal() && expand_logpaths(&cfg).is_empty() {
+            let paths: Vec<&str> = cfg.logpaths.iter().map(|l| l.pattern.as_str()).collect();
+            return Err(format!("jail '{name}' skipped: no log file found for logpath {} (is the service logging there?)", paths.join(", ")));
+        }
+        let state = self
+            .store
+            .load(&name, cfg.findtime, now())
+            .await
+            .map_err(|e| format!("jail '{name}' skipped: {e}"))?;
+        let names: Vec<String> = cfg.actions.iter().map(|a| a.name.clone()).collect();
+        let (actions, warnings) = build_actions(&name, &names);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let (runner, act_thread) =
+            ActionRunner::spawn(&name, actions).map_err(|e| format!("jail '{name}': {e}"))?;
+        let (tx, rx) = mpsc::channel::<JailMsg>(256);
+        let positions: HashMap<String, crate::store::Position> =
+            state.positions.iter().cloned().collect();
+        let cursor = state.cursor.clone();
+        let mut jail = Jail::new(cfg.clone(), filter, self.store.clone(), runner, tx.clone());
+        jail.restore(state);
+        let cancel = self.root.child_token();
+        let task = tokio::spawn(jail.run(rx, cancel.clone()));
+        let mut threads = vec![act_thread];
+        match &cfg.backend {
+            Backend::Systemd {
+                paths,
+                files,
+                flags,
+            } => {
+                let src = JournalSource {
+                    jail: name.clone(),
+                    paths: paths.clone(),
+                    files: files.clone(),
+                    flags: *flags,
+                    matches: cfg.filter.journalmatch.clone(),
+                    cursor,
+                    lookback: cfg.findtime,
+                };
+                let t = source::spawn(
+                    format!("journal/{name}"),
+                    tx.clone(),
+                    cancel.clone(),
+                    move |c, ev| src.run(c, ev),
+                )
+                .map_err(|e| format!("jail '{name}': {e}"))?;
+                threads.push(t);
+            }
+            backend => {
+                for lp in &cfg.logpaths {
+                    let src = FileSource {
+                        jail: name.clone(),
+                        pattern: lp.pattern.clone(),
+                        tail: lp.tail,
+                        polling: *backend == Backend::Polling,
+                        positions: positions.clone(),
+                    };
+                    let t = source::spawn(
+                        format!("file/{name}"),
+                        tx.clone(),
+                        cancel.clone(),
+                        move |c, ev| src.run(c, ev),
+                    )
+                    .map_err(|e| format!("jail '{name}': {e}"))?;
+                    threads.push(t);
+                }
+            }
+        }
+        tracing::info!(jail = %name, "Jail started");
+        self.jails.insert(
+            name,
+            RunningJail {
+                tx,
+                cancel,
+                task,
+                threads,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop_jail(&mut self, name: &str) {
+        let Some(j) = self.jails.shift_remove(name) else {
+            return;
+        };
+        j.cancel.cancel();
+        let _ = j.task.await;
+        let threads = j.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        let _ = self.store.flush().await;
+        tracing::info!(jail = %name, "Jail stopped");
+    }
+
+    async fn start_all(&mut self, prepared: Vec<Prepared>) {
+        for (cfg, filter) in prepared {
+            if let Err(msg) = self.start_jail(cfg, filter).await {
+                tracing::error!("{msg}");
+                self.skipped.push(msg);
+            }
+        }
+    }
+
+    /// Rebuilds the configuration; swaps it in only if every jail is good.
+    async fn reload(&mut self, only: Option<String>) -> Result<String, String> {
+        let (prepared, problems) = prepare(&self.config_dir)
+            .map_err(|e| format!("reload refused, configuration kept: {e}"))?;
+        let relevant: Vec<&String> = problems
+            .iter()
+            .filter(|p| only.as_ref().is_none_or(|j| p.contains(&format!("'{j}'"))))
+            .collect();
+        if !relevant.is_empty() {
+            let msg = relevant
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(format!("reload refused, configuration kept: {msg}"));
+        }
+        match only {
+            Some(name) => {
+                let Some((cfg, filter)) = prepared.into_iter().find(|(c, _)| c.name == name) else {
+                    return Err(format!("no enabled jail '{name}' in the configuration"));
+                };
+                self.stop_jail(&name).await;
+                self.skipped.retain(|s| !s.contains(&format!("'{name}'")));
+                self.start_jail(cfg, filter).await?;
+                Ok(format!("jail '{name}' reloaded"))
+            }
+            None => {
+                let names: Vec<String> = self.jails.keys().cloned().collect();
+                for n in names {
+                    self.stop_jail(&n).await;
+                }
+                self.skipped.clear();
+                self.start_all(prepared).await;
+                Ok(format!("reloaded: {} jail(s) running", self.jails.len()))
+            }
+        }
+    }
+
+    fn senders(&self) -> Vec<(String, mpsc::Sender<JailMsg>)> {
+        self.jails
+            .iter()
+            .map(|(n, j)| (n.clone(), j.tx.clone()))
+            .collect()
+    }
+
+    /// Answers a request; long ones run on their own task.
+    async fn handle(&mut self, req: Request, reply: oneshot::Sender<Response>) -> bool {
+        match req {
+            Request::Ping => {
+                let _ = reply.send(Response::ok(serde_json::json!("pong")));
+            }
+            Request::Stop => {
+                let _ = reply.send(Response::ok(serde_json::json!("stopping")));
+                return false;
+            }
+            Request::Reload { jail } => {
+                let r = self.reload(jail).await;
+                let _ = reply.send(match r {
+                    Ok(m) => {
+                        tracing::info!("{m}");
+                        Response::ok(serde_json::json!(m))
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        Response::err(e)
+                    }
+                });
+            }
+            Request::Status { jail } => {
+                let senders: Vec<_> = self
+                    .senders()
+                    .into_iter()
+                    .filter(|(n, _)| jail.as_ref().is_none_or(|j| j == n))
+                    .collect();
+                if let Some(j) = &jail {
+                    if senders.is_empty() {
+                        let _ = reply.send(Response::err(format!("no running jail '{j}'")));
+                        return true;
+                    }
+                }
+                let skipped = self.skipped.clone();
+                tokio::spawn(async move {
+                    let mut all: Vec<JailStatus> = Vec::new();
+                    for (_, tx) in senders {
+                        let (r, rx) = oneshot::channel();
+                        if tx.send(JailMsg::Control(JailCmd::Status(r))).await.is_ok() {
+                            if let Ok(Ok(s)) =
+                                tokio::time::timeout(Duration::from_secs(30), rx).await
+                            {
+                                all.push(s);
+                            }
+                        }
+                    }
+                    let v = match jail {
+                        Some(_) => serde_json::to_value(all.first()).unwrap_or_default(),
+                        None => serde_json::json!({
+                            "version": env!("CARGO_PKG_VERSION"),
+                            "jails": all,
+                            "skipped": skipped,
+                        }),
+                    };
+                    let _ = reply.send(Response::ok(v));
+                });
+            }
+            Request::Banned { ips } => {
+                let filter: Result<Vec<IpAddr>, String> = parse_ips(&ips);
+                let filter = match filter {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = reply.send(Response::err(e));
+                        return true;
+                    }
+                };
+                let senders = self.senders();
+                tokio::spawn(async move {
+                    let mut all: Vec<ActiveBan> = Vec::new();
+                    for (_, tx) in senders {
+                        let (r, rx) = oneshot::channel();
+                        if tx.send(JailMsg::Control(JailCmd::Banned(r))).await.is_ok() {
+                            if let Ok(Ok(v)) =
+                                tokio::time::timeout(Duration::from_secs(30), rx).await
+                            {
+                                all.extend(v);
+                            }
+                        }
+                    }
+                    if !filter.is_empty() {
+                        all.retain(|b| {
+                            crate::jail::parse_key(&b.ip)
+                                .is_some_and(|k| filter.iter().any(|ip| k.contains(ip)))
+                        });
+                    }
+                    let _ = reply.send(Response::ok(serde_json::to_value(all).unwrap_or_default()));
+                });
+            }
+            Request::Ban { jail, ips } => {
+                let ips = match parse_ips(&ips) {
+                    Ok(v) if !v.is_empty() => v,
+                    Ok(_) => {
+                        let _ = reply.send(Response::err("no address given"));
+                        return true;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Response::err(e));
+                        return true;
+                    }
+                };
+                let Some(tx) = self.jails.get(&jail).map(|j| j.tx.clone()) else {
+                    let _ = reply.send(Response::err(format!("no running jail '{jail}'")));
+                    return true;
+                };
+                tokio::spawn(async move {
+                    let (r, rx) = oneshot::channel();
+                    let resp = if tx
+                        .send(JailMsg::Control(JailCmd::Ban { ips, reply: r }))
+                        .await
+                        .is_ok()
+                    {
+                        match rx.await {
+                            Ok(v) => Response::ok(serde_json::json!(v)),
+                            Err(_) => Response::err("the jail stopped"),
+                        }
+                    } else {
+                        Response::err("the jail stopped")
+                    };
+                    let _ = reply.send(resp);
+                });
+            }
+            Request::Unban { ips, all } => {
+                let ips = if all {
+                    None
+                } else {
+                    match parse_ips(&ips) {
+                        Ok(v) if !v.is_empty() => Some(v),
+                        Ok(_) => {
+                            let _ = reply.send(Response::err("no address given (or --all)"));
+                            return true;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Response::err(e));
+                            return true;
+                        }
+                    }
+                };
+                let senders = self.senders();
+                tokio::spawn(async move {
+                    let mut done: Vec<String> = Vec::new();
+                    for (_, tx) in senders {
+                        let (r, rx) = oneshot::channel();
+                        if tx
+                            .send(JailMsg::Control(JailCmd::Unban {
+                                ips: ips.clone(),
+                                reply: r,
+                            }))
+                            .await
+                            .is_ok()
+                        {
+                            if let Ok(v) = rx.await {
+                                done.extend(v);
+                            }
+                        }
+                    }
+                    let _ = reply.send(Response::ok(serde_json::json!(done)));
+                });
+            }
+        }
+        true
+    }
+}
+
+fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {
+    ips.iter()
+        .map(|s| {
+            crate::jail::ignore::parse_addr(s).ok_or_else(|| format!("{s:?} is not an IP address"))
+        })
+        .collect()
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), DaemonError> {
+    let _pid = PidFile::create(&dcfg.pidfile)?;
+    let (store, store_thread) = Store::open(dcfg.dbfile.as_deref())?;
+    let listener = control::bind(&dcfg.socket)?;
+    let root = CancellationToken::new();
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(64);
+    let control_task = tokio::spawn(control::serve(listener, ctl_tx, root.child_token()));
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |cause| DaemonError::Io { what, cause }
+    };
+    let mut hup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+
+    tracing::info!(config = %config_dir.display(), db = %crate::store::describe(dcfg.dbfile.as_ref()), socket = %dcfg.socket.display(), "Starting banhammer {}", env!("CARGO_PKG_VERSION"));
+    let mut d = Daemon {
+        config_dir: config_dir.clone(),
+        store: store.clone(),
+        root: root.clone(),
+        jails: IndexMap::new(),
+        skipped: Vec::new(),
+    };
+    let (prepared, problems) = prepare(&config_dir)?;
+    for p in problems {
+        tracing::error!("{p}");
+        d.skipped.push(p);
+    }
+    d.start_all(prepared).await;
+    if d.jails.is_empty() {
+        tracing::warn!("no jail is running; waiting for a reload with a working configuration");
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+    let mut purge = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match d.reload(None).await {
+                    Ok(m) => tracing::info!("{m}"),
+                    Err(e) => tracing::error!("{e}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some((req, reply)) = ctl_rx.recv() => {
+                if !d.handle(req, reply).await {
+                    break;
+                }
+            }
+            _ = purge.tick() => {
+                let _ = store.send(StoreCmd::Purge { before: now() - dcfg.dbpurgeage });
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("Shutdown in progress...");
+    let names: Vec<String> = d.jails.keys().cloned().collect();
+    for n in names {
+        d.stop_jail(&n).await;
+    }
+    root.cancel();
+    let _ = control_task.await;
+    let _ = store.flush().await;
+    let _ = store.send(StoreCmd::Stop);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    let _ = std::fs::remove_file(&dcfg.socket);
+    tracing::info!("Exiting banhammer");
+    Ok(())
+}

@@ -1,0 +1,543 @@
+//! Jails: one task per jail owns its filter state, failure windows and
+//! active bans.
+//!
+//! A jail receives chunks of log lines from its sources (each followed by
+//! the source position after it), control commands, and confirmations
+//! from the store. It sends failures, positions, bans and unbans to the
+//! store in the order they happen (so a position is never committed
+//! before the failures of the lines before it), and ban events to its
+//! actions once the store confirms the ban is recorded.
+
+pub mod ignore;
+pub mod policy;
+pub mod window;
+
+use crate::config::jail::JailConfig;
+use crate::filter::{Failure, Filter, FilterState};
+use crate::firewall::{ActionEvent, ActionRunner, BanInfo};
+use crate::store::{BanRecord, BanRequest, JailState, Position, Store, StoreCmd};
+use ignore::{parse_addr, IgnoreList};
+use ipnet::IpNet;
+pub use policy::BanPolicy;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use window::FailureWindows;
+
+/// One line from a source.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub text: String,
+    /// The time the source knows for it (journal entries); `None` if it is
+    /// in the text.
+    pub time: Option<f64>,
+    /// False while a source catches up on what was written before the
+    /// daemon started: old failures then do not count.
+    pub live: bool,
+}
+
+/// Where a source stands after a chunk.
+#[derive(Debug, Clone)]
+pub enum Checkpoint {
+    File { path: String, pos: Position },
+    Cursor(String),
+}
+
+pub enum JailCmd {
+    Status(oneshot::Sender<JailStatus>),
+    Ban {
+        ips: Vec<IpAddr>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    Unban {
+        /// `None`: every banned address.
+        ips: Option<Vec<IpAddr>>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    Banned(oneshot::Sender<Vec<ActiveBan>>),
+}
+
+pub enum JailMsg {
+    Chunk {
+        lines: Vec<Line>,
+        checkpoint: Option<Checkpoint>,
+    },
+    /// A source's status line (file watched, missing, ...).
+    Source {
+        id: String,
+        state: String,
+    },
+    Stored(BanRecord),
+    Control(JailCmd),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JailStatus {
+    pub name: String,
+    pub filter: String,
+    pub backend: String,
+    pub sources: Vec<(String, String)>,
+    pub lines: u64,
+    pub currently_failed: usize,
+    pub total_failed: u64,
+    pub currently_banned: usize,
+    pub total_banned: u64,
+    pub banned: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveBan {
+    pub jail: String,
+    pub ip: String,
+    pub start: f64,
+    pub end: Option<f64>,
+    pub ban_count: u32,
+    pub failures: u32,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What a jail counts and bans: an address, or an IPv6 network.
+pub fn ban_key(ip: IpAddr, ipv6prefix: u8) -> IpNet {
+    match ip {
+        IpAddr::V6(_) if ipv6prefix < 128 => IpNet::new(ip, ipv6prefix)
+            .map(|n| n.trunc())
+            .unwrap_or(IpNet::from(ip)),
+        _ => IpNet::from(ip),
+    }
+}
+
+/// `192.0.2.1`, `2001:db8::1`, or `2001:db8::/64` for a prefix.
+pub fn key_text(key: &IpNet) -> String {
+    if key.prefix_len() == key.max_prefix_len() {
+        key.addr().to_string()
+    } else {
+        key.to_string()
+    }
+}
+
+pub fn parse_key(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| parse_addr(text).map(IpNet::from))
+}
+
+/// Whole milliseconds, to order unban times.
+fn ms(t: f64) -> i64 {
+    (t * 1000.0).round() as i64
+}
+
+struct Active {
+    rec: BanRecord,
+}
+
+pub struct Jail {
+    cfg: JailConfig,
+    filter: Arc<Filter>,
+    state: FilterState,
+    windows: FailureWindows,
+    banned: HashMap<IpNet, Active>,
+    /// Bans sent to the store, not confirmed yet.
+    pending: HashSet<IpNet>,
+    unbans: BTreeSet<(i64, IpNet)>,
+    ignore: IgnoreList,
+    policy: BanPolicy,
+    store: Store,
+    actions: ActionRunner,
+    me: mpsc::Sender<JailMsg>,
+    sources: Vec<(String, String)>,
+    lines: u64,
+    total_failed: u64,
+    total_banned: u64,
+    warned_clock: bool,
+}
+
+impl Jail {
+    pub fn new(
+        cfg: JailConfig,
+        filter: Arc<Filter>,
+        store: Store,
+        actions: ActionRunner,
+        me: mpsc::Sender<JailMsg>,
+    ) -> Jail {
+        let ignore = IgnoreList::build(&cfg.ignoreip, cfg.ignoreself, cfg.ignorecommand.clone());
+        for w in &ignore.warnings {
+            tracing::warn!(jail = %cfg.name, "{w}");
+        }
+        let policy = BanPolicy {
+            bantime: cfg.bantime,
+            increment: cfg.increment.clone(),
+        };
+        Jail {
+            state: FilterState::new(&filter),
+            cfg,
+            filter,
+            windows: FailureWindows::default(),
+            banned: HashMap::new(),
+            pending: HashSet::new(),
+            unbans: BTreeSet::new(),
+            ignore,
+            policy,
+            store,
+            actions,
+            me,
+            sources: Vec::new(),
+            lines: 0,
+            total_failed: 0,
+            total_banned: 0,
+            warned_clock: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Brings back what the database remembers: active bans (with their
+    /// remaining time), ended ones closed, failures that still count.
+    pub fn restore(&mut self, st: JailState) {
+        let now = now();
+        self.total_banned = st.total_bans;
+        for b in st.expired {
+            self.store_send(StoreCmd::Unban {
+                jail: self.cfg.name.clone(),
+                ip: b.ip.clone(),
+                time: b.end.unwrap_or(now),
+            });
+        }
+        for b in st.bans {
+            let Some(key) = parse_key(&b.ip) else {
+                continue;
+            };
+            tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %b.ip, "Restore Ban");
+            self.actions
+                .send(ActionEvent::Restore(Arc::new(self.info(&b))));
+            if let Some(end) = b.end {
+                self.unbans.insert((ms(end), key));
+            }
+            self.banned.insert(key, Active { rec: b });
+        }
+        let mut hot = Vec::new();
+        for f in st.failures {
+            let Some(key) = parse_key(&f.ip) else {
+                continue;
+            };
+            if self.banned.contains_key(&key) {
+                continue;
+            }
+            let n = self
+                .windows
+                .add(key, f.time, self.cfg.findtime, self.cfg.maxretry);
+            if n >= self.cfg.maxretry {
+                hot.push((key, n));
+            }
+        }
+        for (key, n) in hot {
+            self.start_ban(key, n, now);
+        }
+    }
+
+    fn info(&self, b: &BanRecord) -> BanInfo {
+        BanInfo {
+            jail: b.jail.clone(),
+            ip: b.ip.clone(),
+            start: b.start,
+            end: b.end,
+            failures: b.failures,
+            ban_count: b.ban_count,
+            matches: b.matches.clone(),
+        }
+    }
+
+    fn store_send(&self, cmd: StoreCmd) {
+        if self.store.send(cmd).is_err() {
+            tracing::error!(jail = %self.cfg.name, "the store has stopped; state is not recorded");
+        }
+    }
+
+    /// Runs one chunk of lines through the filter.
+    fn on_chunk(&mut self, lines: Vec<Line>, checkpoint: Option<Checkpoint>) {
+        let now = now();
+        for line in lines {
+            self.lines += 1;
+            let found = match line.time {
+                Some(t) => self.state.process_dated(&self.filter, &line.text, t, ""),
+                None => self.state.process_line(&self.filter, &line.text, now),
+            };
+            for f in found {
+                if f.fid.is_some() && !f.is_nofail() {
+                    self.on_failure(&f, line.live, now);
+                }
+            }
+        }
+        match checkpoint {
+            Some(Checkpoint::File { path, pos }) => self.store_send(StoreCmd::Position {
+                jail: self.cfg.name.clone(),
+                path,
+                pos,
+            }),
+            Some(Checkpoint::Cursor(cursor)) => self.store_send(StoreCmd::Cursor {
+                jail: self.cfg.name.clone(),
+                cursor,
+            }),
+            None => {}
+        }
+    }
+
+    fn on_failure(&mut self, f: &Failure, live: bool, now: f64) {
+        let Some(fid) = f.fid.as_deref() else { return };
+        let ip = match parse_addr(fid) {
+            Some(ip) => ip,
+            None => match self.resolve(fid) {
+                Some(ip) => ip,
+                None => {
+                    tracing::debug!(jail = %self.cfg.name, id = %fid, "failure id is not an address; not counted");
+                    return;
+                }
+            },
+        };
+        let mut time = f.time.unwrap_or(now);
+        if live {
+            if (time - now).abs() > 60.0 {
+                if !self.warned_clock {
+                    tracing::warn!(jail = %self.cfg.name, offset = time - now, "a log line's time is more than a minute off the current time (time zone or latency problem?); treating such lines as just written");
+                    self.warned_clock = true;
+                }
+                time = now;
+            }
+        } else if time < now - self.cfg.findtime {
+            return;
+        }
+        let ignored = self.ignore.contains(ip)
+            || (self.ignore.has_command()
+                && tokio::task::block_in_place(|| self.ignore.command_says_ignore(ip)));
+        if ignored {
+            tracing::info!(jail = %self.cfg.name, ip = %ip, "Ignore");
+            return;
+        }
+        let key = ban_key(ip, self.cfg.ipv6prefix);
+        if self.banned.contains_key(&key) || self.pending.contains(&key) {
+            return;
+        }
+        let text = key_text(&key);
+        tracing::info!(jail = %self.cfg.name, ip = %text, "Found");
+        self.total_failed += 1;
+        let line = f
+            .data
+            .matches
+            .iter()
+            .map(|m| m.full())
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.store_send(StoreCmd::Failure {
+            jail: self.cfg.name.clone(),
+            ip: text,
+            time,
+            line,
+        });
+        let n = self
+            .windows
+            .add(key, time, self.cfg.findtime, self.cfg.maxretry);
+        if n >= self.cfg.maxretry {
+            self.start_ban(key, n, now);
+        }
+    }
+
+    /// A host name in a failure (`usedns`): its address, if it has one.
+    fn resolve(&self, host: &str) -> Option<IpAddr> {
+        use crate::filter::UseDns;
+        if !matches!(self.cfg.usedns, UseDns::Yes | UseDns::Warn) {
+            return None;
+        }
+        use std::net::ToSocketAddrs;
+        let addrs = tokio::task::block_in_place(|| (host, 0).to_socket_addrs()).ok()?;
+        let ip = addrs.map(|a| ignore::canonical(a.ip())).next()?;
+        if self.cfg.usedns == UseDns::Warn {
+            tracing::warn!(jail = %self.cfg.name, host = %host, ip = %ip, "host name resolved to an address (usedns = warn); a log line an attacker controls can name any host");
+        }
+        Some(ip)
+    }
+
+    fn start_ban(&mut self, key: IpNet, failures: u32, now: f64) {
+        if self.banned.contains_key(&key) || !self.pending.insert(key) {
+            return;
+        }
+        self.windows.remove(&key);
+        let req = BanRequest {
+            jail: self.cfg.name.clone(),
+            ip: key_text(&key),
+            start: now,
+            failures,
+            max_matches: self.cfg.maxmatches,
+            policy: self.policy.clone(),
+        };
+        let store = self.store.clone();
+        let me = self.me.clone();
+        let jail = self.cfg.name.clone();
+        tokio::spawn(async move {
+            match store.ban(req).await {
+                Ok(rec) => {
+                    let _ = me.send(JailMsg::Stored(rec)).await;
+                }
+                Err(e) => tracing::error!(jail = %jail, "ban not recorded: {e}"),
+            }
+        });
+    }
+
+    fn on_stored(&mut self, rec: BanRecord) {
+        let Some(key) = parse_key(&rec.ip) else {
+            return;
+        };
+        self.pending.remove(&key);
+        if let Some(old) = self.banned.remove(&key) {
+            if let Some(end) = old.rec.end {
+                self.unbans.remove(&(ms(end), key));
+            }
+        }
+        tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %rec.ip, "Ban");
+        if let Some(end) = rec.end {
+            self.unbans.insert((ms(end), key));
+        }
+        self.total_banned += 1;
+        self.actions
+            .send(ActionEvent::Ban(Arc::new(self.info(&rec))));
+        self.banned.insert(key, Active { rec });
+    }
+
+    fn unban(&mut self, key: IpNet, now: f64) -> Option<String> {
+        let a = self.banned.remove(&key)?;
+        if let Some(end) = a.rec.end {
+            self.unbans.remove(&(ms(end), key));
+        }
+        tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %a.rec.ip, "Unban");
+        self.store_send(StoreCmd::Unban {
+            jail: self.cfg.name.clone(),
+            ip: a.rec.ip.clone(),
+            time: now,
+        });
+        self.actions
+            .send(ActionEvent::Unban(Arc::new(self.info(&a.rec))));
+        Some(a.rec.ip)
+    }
+
+    fn expire(&mut self, now: f64) {
+        while let Some(&(end, key)) = self.unbans.first() {
+            if end > ms(now) {
+                break;
+            }
+            self.unbans.pop_first();
+            self.unban(key, now);
+        }
+    }
+
+    /// Seconds until the next unban, if any.
+    fn next_unban_in(&self, now: f64) -> Option<f64> {
+        self.unbans
+            .first()
+            .map(|&(end, _)| (end as f64 / 1000.0 - now).max(0.0))
+    }
+
+    fn on_control(&mut self, cmd: JailCmd) {
+        let now = now();
+        match cmd {
+            JailCmd::Status(reply) => {
+                let mut banned: Vec<String> =
+                    self.banned.values().map(|a| a.rec.ip.clone()).collect();
+                banned.sort();
+                let _ = reply.send(JailStatus {
+                    name: self.cfg.name.clone(),
+                    filter: self.filter.name().to_string(),
+                    backend: format!("{:?}", self.cfg.backend),
+                    sources: self.sources.clone(),
+                    lines: self.lines,
+                    currently_failed: self.windows.len(),
+                    total_failed: self.total_failed,
+                    currently_banned: self.banned.len(),
+                    total_banned: self.total_banned,
+                    banned,
+                });
+            }
+            JailCmd::Ban { ips, reply } => {
+                let mut done = Vec::new();
+                for ip in ips {
+                    let key = ban_key(ignore::canonical(ip), self.cfg.ipv6prefix);
+                    done.push(key_text(&key));
+                    // a manual ban replaces an active one
+                    self.banned.remove(&key);
+                    self.pending.remove(&key);
+                    self.start_ban(key, self.windows.count(&key, now, self.cfg.findtime), now);
+                }
+                let _ = reply.send(done);
+            }
+            JailCmd::Unban { ips, reply } => {
+                let keys: Vec<IpNet> = match ips {
+                    None => self.banned.keys().copied().collect(),
+                    Some(ips) => ips
+                        .into_iter()
+                        .filter_map(|ip| {
+                            let ip = ignore::canonical(ip);
+                            self.banned.keys().find(|k| k.contains(&ip)).copied()
+                        })
+                        .collect(),
+                };
+                let done = keys
+                    .into_iter()
+                    .filter_map(|k| self.unban(k, now))
+                    .collect();
+                let _ = reply.send(done);
+            }
+            JailCmd::Banned(reply) => {
+                let mut v: Vec<ActiveBan> = self
+                    .banned
+                    .values()
+                    .map(|a| ActiveBan {
+                        jail: a.rec.jail.clone(),
+                        ip: a.rec.ip.clone(),
+                        start: a.rec.start,
+                        end: a.rec.end,
+                        ban_count: a.rec.ban_count,
+                        failures: a.rec.failures,
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.ip.cmp(&b.ip));
+                let _ = reply.send(v);
+            }
+        }
+    }
+
+    /// The jail's loop: until cancelled.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<JailMsg>, cancel: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            let wait = self.next_unban_in(now()).unwrap_or(3600.0);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = rx.recv() => match msg {
+                    None => break,
+                    Some(JailMsg::Chunk { lines, checkpoint }) => self.on_chunk(lines, checkpoint),
+                    Some(JailMsg::Source { id, state }) => {
+                        match self.sources.iter_mut().find(|(i, _)| *i == id) {
+                            Some(s) => s.1 = state,
+                            None => self.sources.push((id, state)),
+                        }
+                    }
+                    Some(JailMsg::Stored(rec)) => self.on_stored(rec),
+                    Some(JailMsg::Control(cmd)) => self.on_control(cmd),
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs_f64(wait)) => {}
+                _ = housekeeping.tick() => self.windows.expire(now(), self.cfg.findtime),
+            }
+            self.expire(now());
+        }
+        tracing::debug!(jail = %self.cfg.name, "jail stopped");
+        self.actions.send(ActionEvent::Stop);
+    }
+}

@@ -1,0 +1,422 @@
+//! Log files: tailed on their own thread, rotation-safe, resumable.
+//!
+//! Owns the open files of one `logpath` entry (a path or glob). It reads
+//! what was appended, follows rename-and-create rotation (the old file is
+//! read to its end first) and copytruncate (the lines written before the
+//! truncation are read from the rotated copy when it can be identified),
+//! re-checks the glob, and sends lines in chunks to its jail, each chunk
+//! followed by the position after it. A file is identified by its inode
+//! and a fingerprint of its first line, so a restart resumes exactly where
+//! the last committed position was: nothing is read twice or skipped.
+//! inotify wakes the thread; every second it also polls, which is all it
+//! does with `backend = polling` or where inotify is not available.
+
+use super::SourceEvent;
+use crate::jail::{Checkpoint, Line};
+use crate::store::Position;
+use notify::{RecursiveMode, Watcher};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Lines per chunk sent to the jail.
+const CHUNK_LINES: usize = 1024;
+/// Bytes read at once.
+const READ_SIZE: usize = 1 << 20;
+/// How long a rotated file is still read after it was replaced.
+const ROTATED_GRACE: Duration = Duration::from_secs(10);
+
+/// FNV-1a: stable across builds (positions are stored).
+fn fnv(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Fingerprint of a file: its first line (up to 4 KiB); empty while the
+/// first line is not complete.
+fn fingerprint(file: &mut File) -> String {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    if file.seek(SeekFrom::Start(0)).is_err() {
+        return String::new();
+    }
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    match memchr::memchr(b'\n', &buf[..n]) {
+        Some(p) => fnv(&buf[..=p]),
+        None if n == buf.len() => fnv(&buf),
+        None => String::new(),
+    }
+}
+
+/// A file being followed.
+struct Tracked {
+    path: PathBuf,
+    file: File,
+    inode: u64,
+    offset: u64,
+    fingerprint: String,
+}
+
+impl Tracked {
+    fn open(path: &Path) -> std::io::Result<Tracked> {
+        let mut file = File::open(path)?;
+        let inode = file.metadata()?.ino();
+        let fingerprint = fingerprint(&mut file);
+        Ok(Tracked {
+            path: path.to_path_buf(),
+            file,
+            inode,
+            offset: 0,
+            fingerprint,
+        })
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            inode: self.inode,
+            offset: self.offset,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
+    /// Reads the complete lines after `offset` (and with `final_partial`,
+    /// an unterminated last line too); calls `f` per line.
+    fn read_lines(
+        &mut self,
+        final_partial: bool,
+        f: &mut dyn FnMut(String),
+    ) -> std::io::Result<()> {
+        if self.fingerprint.is_empty() {
+            self.fingerprint = fingerprint(&mut self.file);
+        }
+        self.file.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = vec![0u8; READ_SIZE];
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            let Some(last) = memchr::memrchr(b'\n', &carry) else {
+                continue;
+            };
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', &carry[..=last]) {
+                let mut raw = &carry[start..nl];
+                while let [rest @ .., b'\r' | b'\n'] = raw {
+                    raw = rest;
+                }
+                f(String::from_utf8_lossy(raw).into_owned());
+                start = nl + 1;
+            }
+            self.offset += (last + 1) as u64;
+            carry.drain(..=last);
+        }
+        if final_partial && !carry.is_empty() {
+            f(String::from_utf8_lossy(&carry).into_owned());
+            self.offset += carry.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+pub struct FileSource {
+    pub jail: String,
+    pub pattern: String,
+    pub tail: bool,
+    pub polling: bool,
+    /// Positions remembered from the last run, by path.
+    pub positions: HashMap<String, Position>,
+}
+
+/// Files that may hold the lines of a rotated file: `x.1`, `x.0`,
+/// `x-DATE`, newest first.
+fn rotated_candidates(path: &Path) -> Vec<PathBuf> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    let rest = n.strip_prefix(name)?;
+                    let rotated = (rest.starts_with('.') || rest.starts_with('-'))
+                        && !rest.ends_with(".gz")
+                        && !rest.ends_with(".xz")
+                        && !rest.ends_with(".bz2")
+                        && !rest.ends_with(".zst");
+                    rotated.then(|| {
+                        (
+                            e.metadata()
+                                .and_then(|m| m.modified())
+                                .unwrap_or(std::time::UNIX_EPOCH),
+                            e.path(),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The rotated copy of a file we had read up to `pos`: same inode (moved)
+/// or same first line (copied), and at least as long as what we read.
+fn find_rotated(path: &Path, pos: &Position) -> Option<Tracked> {
+    for cand in rotated_candidates(path) {
+        let Ok(mut t) = Tracked::open(&cand) else {
+            continue;
+        };
+        let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let same = t.inode == pos.inode
+            || (!pos.fingerprint.is_empty() && t.fingerprint == pos.fingerprint);
+        if same && len >= pos.offset {
+            t.offset = pos.offset;
+            return Some(t);
+        }
+    }
+    None
+}
+
+struct Runner<'a> {
+    src: &'a FileSource,
+    events: &'a dyn Fn(SourceEvent) -> bool,
+    live: bool,
+}
+
+impl Runner<'_> {
+    /// Sends the lines of `t` after its offset, in chunks, then (with
+    /// `checkpoint`) its position as the position of `report_as`.
+    fn drain(
+        &self,
+        t: &mut Tracked,
+        final_partial: bool,
+        report_as: &Path,
+        checkpoint: bool,
+    ) -> bool {
+        let mut lines: Vec<Line> = Vec::new();
+        let mut ok = true;
+        let live = self.live;
+        let mut pending_err = None;
+        let r = t.read_lines(final_partial, &mut |text| {
+            lines.push(Line {
+                text,
+                time: None,
+                live,
+            });
+        });
+        if let Err(e) = r {
+            pending_err = Some(e);
+        }
+        // positions are committed with the failures of the lines before them
+        let pos = t.position();
+        for chunk in lines.chunks(CHUNK_LINES) {
+            ok &= (self.events)(SourceEvent::Chunk {
+                lines: chunk.to_vec(),
+                checkpoint: None,
+            });
+        }
+        if checkpoint {
+            ok &= (self.events)(SourceEvent::Chunk {
+                lines: Vec::new(),
+                checkpoint: Some(Checkpoint::File {
+                    path: report_as.display().to_string(),
+                    pos,
+                }),
+            });
+        }
+        if let Some(e) = pending_err {
+            tracing::warn!(jail = %self.src.jail, file = %t.path.display(), "read error: {e}");
+        }
+        ok
+    }
+}
+
+impl FileSource {
+    /// Follows the files until `cancel`; `events` returns false once the
+    /// jail is gone.
+    pub fn run(self, cancel: CancellationToken, events: &dyn Fn(SourceEvent) -> bool) {
+        let (wake_tx, wake_rx) = std_mpsc::channel::<()>();
+        let mut watcher = if self.polling {
+            None
+        } else {
+            let tx = wake_tx.clone();
+            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                let _ = tx.send(());
+            })
+            .ok()
+        };
+        let mut watched_dirs: Vec<PathBuf> = Vec::new();
+        let mut tracked: HashMap<PathBuf, Tracked> = HashMap::new();
+        let mut rotated: Vec<(Tracked, Instant, PathBuf)> = Vec::new();
+        let mut runner = Runner {
+            src: &self,
+            events,
+            live: false,
+        };
+        let mut first = true;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            // (re)expand the glob
+            let paths: Vec<PathBuf> = glob::glob(&self.pattern)
+                .map(|g| g.flatten().filter(|p| p.is_file()).collect())
+                .unwrap_or_default();
+            for p in &paths {
+                if let Some(w) = watcher.as_mut() {
+                    let dir = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    if !watched_dirs.contains(&dir)
+                        && w.watch(&dir, RecursiveMode::NonRecursive).is_ok()
+                    {
+                        watched_dirs.push(dir);
+                    }
+                }
+                if tracked.contains_key(p) {
+                    continue;
+                }
+                match self.open_new(p, first, &runner) {
+                    Some(t) => {
+                        (runner.events)(SourceEvent::Status {
+                            id: p.display().to_string(),
+                            state: if watcher.is_some() {
+                                "inotify"
+                            } else {
+                                "polling"
+                            }
+                            .into(),
+                        });
+                        tracked.insert(p.clone(), t);
+                    }
+                    None => continue,
+                }
+            }
+            // follow each file
+            let keys: Vec<PathBuf> = tracked.keys().cloned().collect();
+            for p in keys {
+                let Some(t) = tracked.get_mut(&p) else {
+                    continue;
+                };
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.ino() != t.inode => {
+                        // renamed away and replaced: finish the old one first
+                        let _ = runner.drain(t, false, &p, true);
+                        match Tracked::open(&p) {
+                            Ok(new) => {
+                                let old = std::mem::replace(t, new);
+                                rotated.push((old, Instant::now(), p.clone()));
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                    Ok(m) if m.len() < t.offset => {
+                        // truncated in place (copytruncate): the lines written
+                        // after our position went into the copy
+                        let before = t.position();
+                        if let Some(mut copy) = find_rotated(&p, &before) {
+                            let _ = runner.drain(&mut copy, true, &p, false);
+                        } else {
+                            tracing::warn!(jail = %self.jail, file = %p.display(), "file was truncated and its rotated copy was not found; lines written just before the truncation may be missed");
+                        }
+                        t.offset = 0;
+                        t.fingerprint = String::new();
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // gone for now: keep reading what we have open
+                        let _ = runner.drain(t, false, &p, false);
+                        continue;
+                    }
+                }
+                if let Some(t) = tracked.get_mut(&p) {
+                    if !runner.drain(t, false, &p, true) {
+                        return;
+                    }
+                }
+            }
+            // rotated files still being written for a moment
+            rotated.retain_mut(|(t, since, path)| {
+                let done = since.elapsed() > ROTATED_GRACE;
+                let _ = runner.drain(t, done, path, false);
+                !done
+            });
+            if first {
+                first = false;
+                runner.live = true;
+            }
+            // sleep until something changes (or poll every second)
+            let timeout = Duration::from_secs(1);
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline && !cancel.is_cancelled() {
+                match wake_rx.recv_timeout(
+                    Duration::from_millis(200)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                ) {
+                    Ok(()) => {
+                        // coalesce a burst of events
+                        while wake_rx.try_recv().is_ok() {}
+                        break;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a file seen for the first time, at the right place: the stored
+    /// position, the rest of its rotated predecessor first if it was
+    /// rotated while we were away, the end with ` tail`, else the start.
+    fn open_new(&self, p: &Path, at_start: bool, runner: &Runner<'_>) -> Option<Tracked> {
+        let mut t = match Tracked::open(p) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(jail = %self.jail, file = %p.display(), "cannot open: {e}");
+                return None;
+            }
+        };
+        let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let key = p.display().to_string();
+        match self.positions.get(&key) {
+            Some(pos)
+                if pos.inode == t.inode
+                    && (pos.fingerprint.is_empty() || pos.fingerprint == t.fingerprint)
+                    && len >= pos.offset =>
+            {
+                t.offset = pos.offset;
+            }
+            Some(pos) if at_start => {
+                // rotated while the daemon was down: finish the old file
+                if let Some(mut old) = find_rotated(p, pos) {
+                    if old.inode != t.inode {
+                        let _ = runner.drain(&mut old, true, p, false);
+                    }
+                }
+                t.offset = 0;
+            }
+            _ if self.tail && at_start => t.offset = len,
+            _ => t.offset = 0,
+        }
+        Some(t)
+    }
+}

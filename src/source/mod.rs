@@ -1,0 +1,44 @@
+//! Sources: where log lines come from. Each source runs on its own thread
+//! (file tailers, journal readers) and hands lines to one jail.
+
+pub mod file;
+pub mod journal;
+
+use crate::jail::{Checkpoint, JailMsg, Line};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What a source reports.
+pub enum SourceEvent {
+    Chunk {
+        lines: Vec<Line>,
+        checkpoint: Option<Checkpoint>,
+    },
+    Status {
+        id: String,
+        state: String,
+    },
+}
+
+/// Runs a source on its own thread, delivering to a jail's channel (and
+/// waiting when the jail is busy: backpressure, nothing dropped).
+pub fn spawn<F>(
+    name: String,
+    jail: mpsc::Sender<JailMsg>,
+    cancel: CancellationToken,
+    run: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce(CancellationToken, &dyn Fn(SourceEvent) -> bool) + Send + 'static,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        let deliver = |ev: SourceEvent| -> bool {
+            let msg = match ev {
+                SourceEvent::Chunk { lines, checkpoint } => JailMsg::Chunk { lines, checkpoint },
+                SourceEvent::Status { id, state } => JailMsg::Source { id, state },
+            };
+            jail.blocking_send(msg).is_ok()
+        };
+        run(cancel, &deliver);
+    })
+}

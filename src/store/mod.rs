@@ -1,0 +1,474 @@
+//! The store: one SQLite database (WAL), owned by one thread, fed by a
+//! channel.
+//!
+//! Owns the connection and the schema. Receives [`StoreCmd`]s from jails
+//! and the control server; commands are applied in the order they arrive,
+//! many per transaction, so a burst of failures costs one commit. Replies
+//! go back on `oneshot` channels: a ban is reported only after the
+//! transaction that records it has committed. A failed commit (full disk,
+//! I/O error) is retried with the same batch until it succeeds; the error
+//! is logged, nothing is dropped.
+
+mod schema;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {cause}")]
+    Open {
+        path: String,
+        cause: rusqlite::Error,
+    },
+    #[error("database {path}: {msg}")]
+    Schema { path: String, msg: String },
+    #[error("the store thread has stopped")]
+    Gone,
+}
+
+/// A recorded failure, as restored at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFailure {
+    pub ip: String,
+    pub time: f64,
+}
+
+/// A ban as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanRecord {
+    pub id: i64,
+    pub jail: String,
+    pub ip: String,
+    pub start: f64,
+    /// `None`: permanent.
+    pub end: Option<f64>,
+    /// How many earlier bans of this address counted for escalation.
+    pub ban_count: u32,
+    pub failures: u32,
+    pub matches: Vec<String>,
+}
+
+/// How long a new ban lasts (the jail's policy, evaluated by the store,
+/// which knows the address's ban history).
+#[derive(Debug, Clone)]
+pub struct BanRequest {
+    pub jail: String,
+    pub ip: String,
+    pub start: f64,
+    pub failures: u32,
+    /// Evidence lines kept with the ban.
+    pub max_matches: usize,
+    pub policy: crate::jail::BanPolicy,
+}
+
+/// A log position: file identity and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub inode: u64,
+    pub offset: u64,
+    pub fingerprint: String,
+}
+
+/// What a jail finds in the database when it starts.
+#[derive(Debug, Default)]
+pub struct JailState {
+    pub bans: Vec<BanRecord>,
+    /// Bans that ended while the daemon was not running.
+    pub expired: Vec<BanRecord>,
+    pub failures: Vec<StoredFailure>,
+    pub positions: Vec<(String, Position)>,
+    pub cursor: Option<String>,
+    pub total_bans: u64,
+}
+
+pub enum StoreCmd {
+    Failure {
+        jail: String,
+        ip: String,
+        time: f64,
+        line: String,
+    },
+    Position {
+        jail: String,
+        path: String,
+        pos: Position,
+    },
+    Cursor {
+        jail: String,
+        cursor: String,
+    },
+    Ban {
+        req: BanRequest,
+        reply: oneshot::Sender<BanRecord>,
+    },
+    Unban {
+        jail: String,
+        ip: String,
+        time: f64,
+    },
+    Load {
+        jail: String,
+        findtime: f64,
+        now: f64,
+        reply: oneshot::Sender<JailState>,
+    },
+    Purge {
+        before: f64,
+    },
+    /// Replies once everything sent before it is committed.
+    Flush(oneshot::Sender<()>),
+    Stop,
+}
+
+/// The cheap, clonable side of the store.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<StoreCmd>,
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the store thread.
+    /// `None` keeps everything in memory.
+    pub fn open(path: Option<&Path>) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
+        let name = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| ":memory:".into());
+        let conn = open_connection(path).map_err(|cause| StoreError::Open {
+            path: name.clone(),
+            cause,
+        })?;
+        schema::migrate(&conn).map_err(|msg| StoreError::Schema {
+            path: name.clone(),
+            msg,
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || Worker { conn, name }.run(rx))
+            .map_err(|e| StoreError::Schema {
+                path: "store thread".into(),
+                msg: e.to_string(),
+            })?;
+        Ok((Store { tx }, handle))
+    }
+
+    pub fn send(&self, cmd: StoreCmd) -> Result<(), StoreError> {
+        self.tx.send(cmd).map_err(|_| StoreError::Gone)
+    }
+
+    pub async fn ban(&self, req: BanRequest) -> Result<BanRecord, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(StoreCmd::Ban { req, reply })?;
+        rx.await.map_err(|_| StoreError::Gone)
+    }
+
+    pub async fn load(&self, jail: &str, findtime: f64, now: f64) -> Result<JailState, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(StoreCmd::Load {
+            jail: jail.to_string(),
+            findtime,
+            now,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Gone)
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(StoreCmd::Flush(reply))?;
+        rx.await.map_err(|_| StoreError::Gone)
+    }
+}
+
+fn open_connection(path: Option<&Path>) -> rusqlite::Result<Connection> {
+    let conn = match path {
+        Some(p) => {
+            if let Some(dir) = p.parent() {
+                if !dir.as_os_str().is_empty() && !dir.exists() {
+                    let _ = std::fs::create_dir_all(dir);
+                    set_mode(dir, 0o700);
+                }
+            }
+            let conn = Connection::open(p)?;
+            set_mode(p, 0o600);
+            conn
+        }
+        None => Connection::open_in_memory()?,
+    };
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed ban survives power loss too, not only a crash
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+struct Worker {
+    conn: Connection,
+    name: String,
+}
+
+/// Largest batch applied in one transaction.
+const BATCH: usize = 4096;
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<StoreCmd>) {
+        let mut batch: Vec<StoreCmd> = Vec::with_capacity(BATCH);
+        loop {
+            let Ok(first) = rx.recv() else { break };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|c| matches!(c, StoreCmd::Stop));
+            let purged = batch.iter().any(|c| matches!(c, StoreCmd::Purge { .. }));
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.apply(&mut batch) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(db = %self.name, error = %e, "cannot write to the database; retrying (nothing is lost while the daemon runs)");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            batch.clear();
+            if purged {
+                // give the pages of purged rows back to the file system
+                if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum;") {
+                    tracing::warn!(db = %self.name, "compacting the database: {e}");
+                }
+            }
+            if stop {
+                break;
+            }
+        }
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    /// Applies a batch in one transaction, then answers the commands that
+    /// wait for a reply. On error nothing is committed and the batch stays
+    /// intact for the retry.
+    fn apply(&mut self, batch: &mut Vec<StoreCmd>) -> rusqlite::Result<()> {
+        enum Outcome {
+            Ban(BanRecord),
+            State(JailState),
+        }
+        let tx = self.conn.transaction()?;
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        for cmd in batch.iter() {
+            outcomes.push(match cmd {
+                StoreCmd::Failure { jail, ip, time, line } => {
+                    tx.prepare_cached("INSERT INTO failures (jail, ip, time, line) VALUES (?1, ?2, ?3, ?4)")?
+                        .execute(params![jail, ip, time, truncate(line, 2000)])?;
+                    None
+                }
+                StoreCmd::Position { jail, path, pos } => {
+                    tx.prepare_cached(
+                        "INSERT INTO positions (jail, path, inode, offset, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT(jail, path) DO UPDATE SET inode = ?3, offset = ?4, fingerprint = ?5",
+                    )?
+                    .execute(params![jail, path, pos.inode as i64, pos.offset as i64, pos.fingerprint])?;
+                    None
+                }
+                StoreCmd::Cursor { jail, cursor } => {
+                    tx.prepare_cached(
+                        "INSERT INTO cursors (jail, cursor) VALUES (?1, ?2) ON CONFLICT(jail) DO UPDATE SET cursor = ?2",
+                    )?
+                    .execute(params![jail, cursor])?;
+                    None
+                }
+                StoreCmd::Ban { req, .. } => Some(Outcome::Ban(record_ban(&tx, req)?)),
+                StoreCmd::Unban { jail, ip, time } => {
+                    tx.prepare_cached("UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1")?
+                        .execute(params![jail, ip, time])?;
+                    None
+                }
+                StoreCmd::Load { jail, findtime, now, .. } => Some(Outcome::State(load_state(&tx, jail, *findtime, *now)?)),
+                StoreCmd::Purge { before } => {
+                    purge(&tx, *before)?;
+                    None
+                }
+                StoreCmd::Flush(_) | StoreCmd::Stop => None,
+            });
+        }
+        tx.commit()?;
+        for (cmd, outcome) in batch.drain(..).zip(outcomes) {
+            match (cmd, outcome) {
+                (StoreCmd::Ban { reply, .. }, Some(Outcome::Ban(r))) => {
+                    let _ = reply.send(r);
+                }
+                (StoreCmd::Load { reply, .. }, Some(Outcome::State(s))) => {
+                    let _ = reply.send(s);
+                }
+                (StoreCmd::Flush(reply), _) => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Inserts a ban: its duration from the policy and the address's history,
+/// its evidence from the stored failures (which it then consumes).
+fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Result<BanRecord> {
+    let count: i64 = if req.policy.overalljails() {
+        tx.prepare_cached("SELECT COUNT(*) FROM bans WHERE ip = ?1")?
+            .query_row(params![req.ip], |r| r.get(0))?
+    } else {
+        tx.prepare_cached("SELECT COUNT(*) FROM bans WHERE ip = ?1 AND jail = ?2")?
+            .query_row(params![req.ip, req.jail], |r| r.get(0))?
+    };
+    let seconds = req.policy.bantime(count as u32);
+    let end = seconds.map(|s| req.start + s);
+    let mut stmt = tx.prepare_cached(
+        "SELECT line FROM failures WHERE jail = ?1 AND ip = ?2 AND line IS NOT NULL ORDER BY time DESC, id DESC LIMIT ?3",
+    )?;
+    let mut matches: Vec<String> = stmt
+        .query_map(params![req.jail, req.ip, req.max_matches as i64], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    matches.reverse();
+    // an address banned again while active (manual ban): the new ban replaces it
+    tx.prepare_cached(
+        "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1",
+    )?
+    .execute(params![req.jail, req.ip, req.start])?;
+    tx.prepare_cached(
+        "INSERT INTO bans (jail, ip, start, end, ban_count, failures, matches, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
+    )?
+    .execute(params![
+        req.jail,
+        req.ip,
+        req.start,
+        end,
+        count,
+        req.failures,
+        serde_json::to_string(&matches).unwrap_or_else(|_| "[]".into())
+    ])?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached("DELETE FROM failures WHERE jail = ?1 AND ip = ?2")?
+        .execute(params![req.jail, req.ip])?;
+    Ok(BanRecord {
+        id,
+        jail: req.jail.clone(),
+        ip: req.ip.clone(),
+        start: req.start,
+        end,
+        ban_count: count as u32,
+        failures: req.failures,
+        matches,
+    })
+}
+
+fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
+    let matches: String = r.get(7)?;
+    Ok(BanRecord {
+        id: r.get(0)?,
+        jail: r.get(1)?,
+        ip: r.get(2)?,
+        start: r.get(3)?,
+        end: r.get(4)?,
+        ban_count: r.get::<_, i64>(5)? as u32,
+        failures: r.get::<_, i64>(6)? as u32,
+        matches: serde_json::from_str(&matches).unwrap_or_default(),
+    })
+}
+
+const BAN_COLUMNS: &str = "id, jail, ip, start, end, ban_count, failures, matches";
+
+fn load_state(
+    conn: &Connection,
+    jail: &str,
+    findtime: f64,
+    now: f64,
+) -> rusqlite::Result<JailState> {
+    let mut state = JailState::default();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BAN_COLUMNS} FROM bans WHERE jail = ?1 AND active = 1 ORDER BY start"
+    ))?;
+    for b in stmt.query_map(params![jail], ban_from_row)? {
+        let b = b?;
+        if b.end.is_some_and(|e| e <= now) {
+            state.expired.push(b);
+        } else {
+            state.bans.push(b);
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT ip, time FROM failures WHERE jail = ?1 AND time > ?2 ORDER BY time, id",
+    )?;
+    for f in stmt.query_map(params![jail, now - findtime], |r| {
+        Ok(StoredFailure {
+            ip: r.get(0)?,
+            time: r.get(1)?,
+        })
+    })? {
+        state.failures.push(f?);
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT path, inode, offset, fingerprint FROM positions WHERE jail = ?1")?;
+    for p in stmt.query_map(params![jail], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Position {
+                inode: r.get::<_, i64>(1)? as u64,
+                offset: r.get::<_, i64>(2)? as u64,
+                fingerprint: r.get(3)?,
+            },
+        ))
+    })? {
+        state.positions.push(p?);
+    }
+    state.cursor = conn
+        .prepare_cached("SELECT cursor FROM cursors WHERE jail = ?1")?
+        .query_row(params![jail], |r| r.get(0))
+        .optional()?;
+    state.total_bans = conn
+        .prepare_cached("SELECT COUNT(*) FROM bans WHERE jail = ?1")?
+        .query_row(params![jail], |r| r.get::<_, i64>(0))? as u64;
+    Ok(state)
+}
+
+/// Drops what is older than `before`: failures, and bans that ended.
+fn purge(tx: &rusqlite::Transaction<'_>, before: f64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM failures WHERE time < ?1", params![before])?;
+    tx.execute(
+        "DELETE FROM bans WHERE active = 0 AND ended < ?1",
+        params![before],
+    )?;
+    Ok(())
+}
+
+/// Where the database lives, for messages.
+pub fn describe(path: Option<&PathBuf>) -> String {
+    path.map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(in memory)".into())
+}
