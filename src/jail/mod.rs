@@ -15,7 +15,7 @@ pub mod window;
 use crate::config::jail::JailConfig;
 use crate::filter::{Failure, Filter, FilterState};
 use crate::firewall::{ActionEvent, ActionRunner, BanInfo};
-use crate::store::{BanRecord, BanRequest, JailState, Position, Store, StoreCmd};
+use crate::store::{BanRecord, BanRequest, ChunkOp, JailState, Store, StoreCmd};
 use ignore::{parse_addr, IgnoreList};
 use ipnet::IpNet;
 pub use policy::BanPolicy;
@@ -40,11 +40,7 @@ pub struct Line {
 }
 
 /// Where a source stands after a chunk.
-#[derive(Debug, Clone)]
-pub enum Checkpoint {
-    File { path: String, pos: Position },
-    Cursor(String),
-}
+pub type Checkpoint = crate::store::SourcePos;
 
 pub enum JailCmd {
     Status(oneshot::Sender<JailStatus>),
@@ -158,6 +154,8 @@ pub struct Jail {
     total_failed: u64,
     total_banned: u64,
     warned_clock: bool,
+    /// While a chunk is processed: its effects, recorded with its position.
+    chunk: Option<Vec<ChunkOp>>,
 }
 
 impl Jail {
@@ -194,6 +192,7 @@ impl Jail {
             total_failed: 0,
             total_banned: 0,
             warned_clock: false,
+            chunk: None,
         }
     }
 
@@ -263,9 +262,11 @@ impl Jail {
         }
     }
 
-    /// Runs one chunk of lines through the filter.
+    /// Runs one chunk of lines through the filter; its failures, bans and
+    /// the source position after it go to the store as one transaction.
     fn on_chunk(&mut self, lines: Vec<Line>, checkpoint: Option<Checkpoint>) {
         let now = now();
+        self.chunk = Some(Vec::new());
         for line in lines {
             self.lines += 1;
             let found = match line.time {
@@ -278,17 +279,13 @@ impl Jail {
                 }
             }
         }
-        match checkpoint {
-            Some(Checkpoint::File { path, pos }) => self.store_send(StoreCmd::Position {
+        let ops = self.chunk.take().unwrap_or_default();
+        if !ops.is_empty() || checkpoint.is_some() {
+            self.store_send(StoreCmd::Chunk {
                 jail: self.cfg.name.clone(),
-                path,
-                pos,
-            }),
-            Some(Checkpoint::Cursor(cursor)) => self.store_send(StoreCmd::Cursor {
-                jail: self.cfg.name.clone(),
-                cursor,
-            }),
-            None => {}
+                ops,
+                pos: checkpoint,
+            });
         }
     }
 
@@ -337,12 +334,15 @@ impl Jail {
             .map(|m| m.full())
             .collect::<Vec<_>>()
             .join("\n");
-        self.store_send(StoreCmd::Failure {
-            jail: self.cfg.name.clone(),
-            ip: text,
-            time,
-            line,
-        });
+        match self.chunk.as_mut() {
+            Some(ops) => ops.push(ChunkOp::Failure { ip: text, time, line }),
+            None => self.store_send(StoreCmd::Failure {
+                jail: self.cfg.name.clone(),
+                ip: text,
+                time,
+                line,
+            }),
+        }
         let n = self
             .windows
             .add(key, time, self.cfg.findtime, self.cfg.maxretry);
@@ -379,15 +379,20 @@ impl Jail {
             max_matches: self.cfg.maxmatches,
             policy: self.policy.clone(),
         };
-        let store = self.store.clone();
+        let (reply, rx) = oneshot::channel();
+        match self.chunk.as_mut() {
+            // recorded with the chunk that caused it
+            Some(ops) => ops.push(ChunkOp::Ban { req, reply }),
+            None => self.store_send(StoreCmd::Ban { req, reply }),
+        }
         let me = self.me.clone();
         let jail = self.cfg.name.clone();
         tokio::spawn(async move {
-            match store.ban(req).await {
+            match rx.await {
                 Ok(rec) => {
                     let _ = me.send(JailMsg::Stored(rec)).await;
                 }
-                Err(e) => tracing::error!(jail = %jail, "ban not recorded: {e}"),
+                Err(_) => tracing::error!(jail = %jail, "ban not recorded: the store stopped"),
             }
         });
     }

@@ -85,7 +85,28 @@ pub struct JailState {
     pub total_bans: u64,
 }
 
+/// One effect of a chunk of log lines.
+pub enum ChunkOp {
+    Failure { ip: String, time: f64, line: String },
+    Ban { req: BanRequest, reply: oneshot::Sender<BanRecord> },
+}
+
+/// Where a source stood after a chunk.
+#[derive(Debug, Clone)]
+pub enum SourcePos {
+    File { path: String, pos: Position },
+    Cursor(String),
+}
+
 pub enum StoreCmd {
+    /// Everything a chunk of lines caused, and the source position after
+    /// it, in one transaction: after a crash either all of it is there (and
+    /// the lines are not read again) or none of it (and they are).
+    Chunk {
+        jail: String,
+        ops: Vec<ChunkOp>,
+        pos: Option<SourcePos>,
+    },
     Failure {
         jail: String,
         ip: String,
@@ -265,30 +286,38 @@ impl Worker {
     fn apply(&mut self, batch: &mut Vec<StoreCmd>) -> rusqlite::Result<()> {
         enum Outcome {
             Ban(BanRecord),
+            Bans(Vec<BanRecord>),
             State(JailState),
         }
         let tx = self.conn.transaction()?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
             outcomes.push(match cmd {
+                StoreCmd::Chunk { jail, ops, pos } => {
+                    let mut bans = Vec::new();
+                    for op in ops {
+                        match op {
+                            ChunkOp::Failure { ip, time, line } => insert_failure(&tx, jail, ip, *time, line)?,
+                            ChunkOp::Ban { req, .. } => bans.push(record_ban(&tx, req)?),
+                        }
+                    }
+                    match pos {
+                        Some(SourcePos::File { path, pos }) => save_position(&tx, jail, path, pos)?,
+                        Some(SourcePos::Cursor(c)) => save_cursor(&tx, jail, c)?,
+                        None => {}
+                    }
+                    Some(Outcome::Bans(bans))
+                }
                 StoreCmd::Failure { jail, ip, time, line } => {
-                    tx.prepare_cached("INSERT INTO failures (jail, ip, time, line) VALUES (?1, ?2, ?3, ?4)")?
-                        .execute(params![jail, ip, time, truncate(line, 2000)])?;
+                    insert_failure(&tx, jail, ip, *time, line)?;
                     None
                 }
                 StoreCmd::Position { jail, path, pos } => {
-                    tx.prepare_cached(
-                        "INSERT INTO positions (jail, path, inode, offset, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT(jail, path) DO UPDATE SET inode = ?3, offset = ?4, fingerprint = ?5",
-                    )?
-                    .execute(params![jail, path, pos.inode as i64, pos.offset as i64, pos.fingerprint])?;
+                    save_position(&tx, jail, path, pos)?;
                     None
                 }
                 StoreCmd::Cursor { jail, cursor } => {
-                    tx.prepare_cached(
-                        "INSERT INTO cursors (jail, cursor) VALUES (?1, ?2) ON CONFLICT(jail) DO UPDATE SET cursor = ?2",
-                    )?
-                    .execute(params![jail, cursor])?;
+                    save_cursor(&tx, jail, cursor)?;
                     None
                 }
                 StoreCmd::Ban { req, .. } => Some(Outcome::Ban(record_ban(&tx, req)?)),
@@ -311,6 +340,15 @@ impl Worker {
                 (StoreCmd::Ban { reply, .. }, Some(Outcome::Ban(r))) => {
                     let _ = reply.send(r);
                 }
+                (StoreCmd::Chunk { ops, .. }, Some(Outcome::Bans(bans))) => {
+                    let replies = ops.into_iter().filter_map(|op| match op {
+                        ChunkOp::Ban { reply, .. } => Some(reply),
+                        ChunkOp::Failure { .. } => None,
+                    });
+                    for (reply, rec) in replies.zip(bans) {
+                        let _ = reply.send(rec);
+                    }
+                }
                 (StoreCmd::Load { reply, .. }, Some(Outcome::State(s))) => {
                     let _ = reply.send(s);
                 }
@@ -322,6 +360,27 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+fn insert_failure(tx: &rusqlite::Transaction<'_>, jail: &str, ip: &str, time: f64, line: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO failures (jail, ip, time, line) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![jail, ip, time, truncate(line, 2000)])?;
+    Ok(())
+}
+
+fn save_position(tx: &rusqlite::Transaction<'_>, jail: &str, path: &str, pos: &Position) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO positions (jail, path, inode, offset, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(jail, path) DO UPDATE SET inode = ?3, offset = ?4, fingerprint = ?5",
+    )?
+    .execute(params![jail, path, pos.inode as i64, pos.offset as i64, pos.fingerprint])?;
+    Ok(())
+}
+
+fn save_cursor(tx: &rusqlite::Transaction<'_>, jail: &str, cursor: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO cursors (jail, cursor) VALUES (?1, ?2) ON CONFLICT(jail) DO UPDATE SET cursor = ?2")?
+        .execute(params![jail, cursor])?;
+    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> &str {
