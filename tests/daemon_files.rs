@@ -15,7 +15,10 @@ fn setup(extra: &str) -> Setup {
     let s = Setup::new("");
     let log = s.path("auth.log");
     s.write("auth.log", "");
-    s.write("conf/jail.conf", &jail(extra).replace("%(__name__)s.log", log.to_str().unwrap()));
+    s.write(
+        "conf/jail.conf",
+        &jail(extra).replace("%(__name__)s.log", log.to_str().unwrap()),
+    );
     s
 }
 
@@ -23,17 +26,34 @@ fn setup(extra: &str) -> Setup {
 fn bans_after_exactly_maxretry_and_unbans_on_time() {
     let s = setup("");
     let d = s.start();
-    s.append("auth.log", &[sshd_failure("192.0.2.10", "root"), sshd_failure("192.0.2.10", "admin")]);
+    s.append(
+        "auth.log",
+        &[
+            sshd_failure("192.0.2.10", "root"),
+            sshd_failure("192.0.2.10", "admin"),
+        ],
+    );
     d.wait_lines("sshd", 2);
-    assert!(!d.is_banned("192.0.2.10"), "two failures with maxretry 3 must not ban");
+    assert!(
+        !d.is_banned("192.0.2.10"),
+        "two failures with maxretry 3 must not ban"
+    );
     assert_eq!(d.jail_status("sshd")["currently_failed"], 1);
     s.append("auth.log", &[sshd_failure("192.0.2.10", "guest")]);
-    wait_for("the ban", Duration::from_secs(10), || d.is_banned("192.0.2.10"));
+    wait_for("the ban", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.10")
+    });
     let banned_at = Instant::now();
-    let b = d.banned().into_iter().find(|b| b["ip"] == "192.0.2.10").unwrap();
+    let b = d
+        .banned()
+        .into_iter()
+        .find(|b| b["ip"] == "192.0.2.10")
+        .unwrap();
     let len = b["end"].as_f64().unwrap() - b["start"].as_f64().unwrap();
     assert!((len - 3.0).abs() < 0.01, "bantime 3 s, got {len}");
-    wait_for("the unban", Duration::from_secs(10), || !d.is_banned("192.0.2.10"));
+    wait_for("the unban", Duration::from_secs(10), || {
+        !d.is_banned("192.0.2.10")
+    });
     let lasted = banned_at.elapsed().as_secs_f64();
     assert!((2.0..5.0).contains(&lasted), "ban lasted {lasted} s");
     let log = s.log();
@@ -54,10 +74,23 @@ fn ignoreip_and_ignoreself_are_honoured() {
     }
     s.append("auth.log", &lines);
     d.wait_lines("sshd", 15);
-    assert!(d.banned().is_empty(), "ignored addresses were banned: {:?}", d.banned());
+    assert!(
+        d.banned().is_empty(),
+        "ignored addresses were banned: {:?}",
+        d.banned()
+    );
     // and a normal address still bans
-    s.append("auth.log", &[sshd_failure("192.0.2.11", "a"), sshd_failure("192.0.2.11", "b"), sshd_failure("192.0.2.11", "c")]);
-    wait_for("the ban", Duration::from_secs(10), || d.is_banned("192.0.2.11"));
+    s.append(
+        "auth.log",
+        &[
+            sshd_failure("192.0.2.11", "a"),
+            sshd_failure("192.0.2.11", "b"),
+            sshd_failure("192.0.2.11", "c"),
+        ],
+    );
+    wait_for("the ban", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.11")
+    });
     d.stop();
 }
 
@@ -65,17 +98,39 @@ fn ignoreip_and_ignoreself_are_honoured() {
 fn repeat_offenders_get_longer_bans() {
     let s = setup("bantime = 2\nbantime.increment = true\n");
     let d = s.start();
-    let three = || (0..3).map(|i| sshd_failure("192.0.2.12", &format!("u{i}"))).collect::<Vec<_>>();
+    let three = || {
+        (0..3)
+            .map(|i| sshd_failure("192.0.2.12", &format!("u{i}")))
+            .collect::<Vec<_>>()
+    };
     s.append("auth.log", &three());
-    wait_for("the first ban", Duration::from_secs(10), || d.is_banned("192.0.2.12"));
-    let first = d.banned().into_iter().find(|b| b["ip"] == "192.0.2.12").unwrap();
-    wait_for("the first unban", Duration::from_secs(10), || !d.is_banned("192.0.2.12"));
+    wait_for("the first ban", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.12")
+    });
+    let first = d
+        .banned()
+        .into_iter()
+        .find(|b| b["ip"] == "192.0.2.12")
+        .unwrap();
+    wait_for("the first unban", Duration::from_secs(10), || {
+        !d.is_banned("192.0.2.12")
+    });
     s.append("auth.log", &three());
-    wait_for("the second ban", Duration::from_secs(10), || d.is_banned("192.0.2.12"));
-    let second = d.banned().into_iter().find(|b| b["ip"] == "192.0.2.12").unwrap();
+    wait_for("the second ban", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.12")
+    });
+    let second = d
+        .banned()
+        .into_iter()
+        .find(|b| b["ip"] == "192.0.2.12")
+        .unwrap();
     let len = |b: &serde_json::Value| b["end"].as_f64().unwrap() - b["start"].as_f64().unwrap();
     assert!((len(&first) - 2.0).abs() < 0.01);
-    assert!((len(&second) - 4.0).abs() < 0.01, "second ban should double: {}", len(&second));
+    assert!(
+        (len(&second) - 4.0).abs() < 0.01,
+        "second ban should double: {}",
+        len(&second)
+    );
     assert_eq!(second["ban_count"], 1);
     d.stop();
 }
@@ -92,9 +147,15 @@ fn ipv6_sources_can_be_counted_per_prefix() {
             sshd_failure("2001:db8:1:2:ffff::30", "c"),
         ],
     );
-    wait_for("the prefix ban", Duration::from_secs(10), || d.is_banned("2001:db8:1:2::/64"));
+    wait_for("the prefix ban", Duration::from_secs(10), || {
+        d.is_banned("2001:db8:1:2::/64")
+    });
     let listed = d.ctl(&["banned", "2001:db8:1:2::99"]);
-    assert_eq!(listed.as_array().unwrap().len(), 1, "an address inside the banned prefix is listed as banned");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "an address inside the banned prefix is listed as banned"
+    );
     d.stop();
 }
 
@@ -102,13 +163,21 @@ fn ipv6_sources_can_be_counted_per_prefix() {
 fn manual_ban_and_unban_through_the_cli() {
     let s = setup("");
     let d = s.start();
-    assert_eq!(d.ctl(&["ban", "sshd", "203.0.113.5"]), serde_json::json!(["203.0.113.5"]));
-    wait_for("the manual ban", Duration::from_secs(10), || d.is_banned("203.0.113.5"));
+    assert_eq!(
+        d.ctl(&["ban", "sshd", "203.0.113.5"]),
+        serde_json::json!(["203.0.113.5"])
+    );
+    wait_for("the manual ban", Duration::from_secs(10), || {
+        d.is_banned("203.0.113.5")
+    });
     let err = d.try_ctl(&["ban", "sshd", "not-an-ip"]).unwrap_err();
     assert!(err.contains("not an IP address"), "{err}");
     let err = d.try_ctl(&["ban", "nojail", "203.0.113.6"]).unwrap_err();
     assert!(err.contains("no running jail 'nojail'"), "{err}");
-    assert_eq!(d.ctl(&["unban", "203.0.113.5"]), serde_json::json!(["203.0.113.5"]));
+    assert_eq!(
+        d.ctl(&["unban", "203.0.113.5"]),
+        serde_json::json!(["203.0.113.5"])
+    );
     assert!(!d.is_banned("203.0.113.5"));
     // the human output is a table
     let out = std::process::Command::new(bin())
@@ -124,17 +193,32 @@ fn manual_ban_and_unban_through_the_cli() {
 fn a_restart_neither_rereads_nor_skips_lines() {
     let s = setup("maxretry = 4\n");
     let d = s.start();
-    s.append("auth.log", &[sshd_failure("192.0.2.20", "a"), sshd_failure("192.0.2.20", "b")]);
+    s.append(
+        "auth.log",
+        &[
+            sshd_failure("192.0.2.20", "a"),
+            sshd_failure("192.0.2.20", "b"),
+        ],
+    );
     d.wait_lines("sshd", 2);
     d.stop();
     // written while the daemon was down
     s.append("auth.log", &[sshd_failure("192.0.2.20", "c")]);
     let d = s.start();
     d.wait_lines("sshd", 1);
-    assert_eq!(d.jail_status("sshd")["lines"], 1, "only the new line is read");
-    assert!(!d.is_banned("192.0.2.20"), "three failures (two before the restart) must not ban with maxretry 4");
+    assert_eq!(
+        d.jail_status("sshd")["lines"],
+        1,
+        "only the new line is read"
+    );
+    assert!(
+        !d.is_banned("192.0.2.20"),
+        "three failures (two before the restart) must not ban with maxretry 4"
+    );
     s.append("auth.log", &[sshd_failure("192.0.2.20", "d")]);
-    wait_for("the ban after the restart", Duration::from_secs(10), || d.is_banned("192.0.2.20"));
+    wait_for("the ban after the restart", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.20")
+    });
     d.stop();
 }
 
@@ -159,7 +243,10 @@ fn rotation_loses_no_line_and_reads_none_twice() {
     std::fs::rename(&log, s.path("auth.log.1")).unwrap();
     {
         use std::io::Write;
-        let mut old = std::fs::OpenOptions::new().append(true).open(s.path("auth.log.1")).unwrap();
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.path("auth.log.1"))
+            .unwrap();
         writeln!(old, "{}", sshd_failure("10.9.200.1", "late")).unwrap();
     }
     s.write("auth.log", "");
@@ -168,13 +255,24 @@ fn rotation_loses_no_line_and_reads_none_twice() {
     std::thread::sleep(Duration::from_millis(300));
     batch(&s, 50);
     std::fs::copy(&log, s.path("auth.log.0")).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     batch(&s, 100);
     let expected = 351;
-    wait_for("every address banned", Duration::from_secs(30), || d.banned().len() >= expected);
+    wait_for("every address banned", Duration::from_secs(30), || {
+        d.banned().len() >= expected
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let bans = d.banned();
-    assert_eq!(bans.len(), expected, "each line's address banned exactly once");
+    assert_eq!(
+        bans.len(),
+        expected,
+        "each line's address banned exactly once"
+    );
     let st = d.jail_status("sshd");
     assert_eq!(st["total_banned"], expected as u64);
     d.stop();
@@ -185,7 +283,10 @@ fn bad_jails_are_skipped_and_bad_reloads_keep_the_running_configuration() {
     let s = Setup::new("");
     let log = s.path("auth.log");
     s.write("auth.log", "");
-    let good = format!("[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\nmaxretry = 1\n", log.display());
+    let good = format!(
+        "[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\nmaxretry = 1\n",
+        log.display()
+    );
     s.write(
         "conf/jail.conf",
         &format!(
@@ -196,24 +297,51 @@ fn bad_jails_are_skipped_and_bad_reloads_keep_the_running_configuration() {
     );
     let d = s.start();
     let st = d.ctl(&["status"]);
-    let jails: Vec<&str> = st["jails"].as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap()).collect();
+    let jails: Vec<&str> = st["jails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
     assert_eq!(jails, ["sshd"]);
     let skipped = st["skipped"].to_string();
-    assert!(skipped.contains("'nofilter'") && skipped.contains("nosuch.conf"), "{skipped}");
-    assert!(skipped.contains("'nolog'") && skipped.contains("/nonexistent/x.log"), "{skipped}");
-    assert!(skipped.contains("'badregex'") && skipped.contains("does not compile"), "{skipped}");
-    assert!(skipped.contains("'syntax'") && skipped.contains("jail.conf:"), "{skipped}");
+    assert!(
+        skipped.contains("'nofilter'") && skipped.contains("nosuch.conf"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("'nolog'") && skipped.contains("/nonexistent/x.log"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("'badregex'") && skipped.contains("does not compile"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("'syntax'") && skipped.contains("jail.conf:"),
+        "{skipped}"
+    );
     // a reload with a broken file is refused; the running jail keeps working
     s.write("conf/jail.local", "[sshd]\nfailregex = ^(broken <HOST>\n");
     let err = d.try_ctl(&["reload"]).unwrap_err();
-    assert!(err.contains("reload refused") && err.contains("does not compile"), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("does not compile"),
+        "{err}"
+    );
     s.append("auth.log", &[sshd_failure("192.0.2.30", "root")]);
-    wait_for("a ban by the old configuration", Duration::from_secs(10), || d.is_banned("192.0.2.30"));
+    wait_for(
+        "a ban by the old configuration",
+        Duration::from_secs(10),
+        || d.is_banned("192.0.2.30"),
+    );
     // a good reload goes through
     std::fs::remove_file(s.path("conf/jail.local")).unwrap();
     s.write(
         "conf/jail.conf",
-        &format!("{good}[sshd2]\nenabled = true\nfilter = sshd\nlogpath = {}\n", log.display()),
+        &format!(
+            "{good}[sshd2]\nenabled = true\nfilter = sshd\nlogpath = {}\n",
+            log.display()
+        ),
     );
     let ok = d.ctl(&["reload"]);
     assert!(ok.as_str().unwrap().contains("2 jail(s) running"), "{ok}");

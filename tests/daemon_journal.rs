@@ -29,8 +29,16 @@ fn journal_append(dir: &Path, messages: &[String]) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{JOURNAL_REMOTE} (package systemd-journal-remote): {e}"));
-    child.stdin.take().unwrap().write_all(export.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "systemd-journal-remote failed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "systemd-journal-remote failed"
+    );
 }
 
 fn failed(ip: &str, user: &str) -> String {
@@ -57,7 +65,9 @@ fn journal_entries_ban_and_a_restart_resumes_at_the_cursor() {
     d.wait_lines("sshd", 2);
     assert!(!d.is_banned("192.0.2.70"));
     journal_append(&jdir, &[failed("192.0.2.70", "b")]);
-    wait_for("the journal ban", Duration::from_secs(15), || d.is_banned("192.0.2.70"));
+    wait_for("the journal ban", Duration::from_secs(15), || {
+        d.is_banned("192.0.2.70")
+    });
     let st = d.jail_status("sshd");
     assert_eq!(st["lines"], 3, "{st}");
     // the filter saw journal-style lines (`HOST sshd[PID]: message`)
@@ -72,12 +82,20 @@ fn journal_entries_ban_and_a_restart_resumes_at_the_cursor() {
     d.wait_lines("sshd", 1);
     std::thread::sleep(Duration::from_millis(500));
     let st = d.jail_status("sshd");
-    assert_eq!(st["lines"], 1, "after the restart only the new entry is read: {st}");
+    assert_eq!(
+        st["lines"], 1,
+        "after the restart only the new entry is read: {st}"
+    );
     assert!(d.is_banned("192.0.2.70"), "the ban was restored");
-    assert!(!d.is_banned("192.0.2.71"), "two failures (one before the restart) do not ban yet");
+    assert!(
+        !d.is_banned("192.0.2.71"),
+        "two failures (one before the restart) do not ban yet"
+    );
     journal_append(&jdir, &[failed("192.0.2.71", "e")]);
-    wait_for("the ban counting failures from before the restart", Duration::from_secs(15), || {
-        d.is_banned("192.0.2.71")
-    });
+    wait_for(
+        "the ban counting failures from before the restart",
+        Duration::from_secs(15),
+        || d.is_banned("192.0.2.71"),
+    );
     d.stop();
 }

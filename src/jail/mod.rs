@@ -335,7 +335,11 @@ impl Jail {
             .collect::<Vec<_>>()
             .join("\n");
         match self.chunk.as_mut() {
-            Some(ops) => ops.push(ChunkOp::Failure { ip: text, time, line }),
+            Some(ops) => ops.push(ChunkOp::Failure {
+                ip: text,
+                time,
+                line,
+            }),
             None => self.store_send(StoreCmd::Failure {
                 jail: self.cfg.name.clone(),
                 ip: text,

@@ -87,8 +87,15 @@ pub struct JailState {
 
 /// One effect of a chunk of log lines.
 pub enum ChunkOp {
-    Failure { ip: String, time: f64, line: String },
-    Ban { req: BanRequest, reply: oneshot::Sender<BanRecord> },
+    Failure {
+        ip: String,
+        time: f64,
+        line: String,
+    },
+    Ban {
+        req: BanRequest,
+        reply: oneshot::Sender<BanRecord>,
+    },
 }
 
 /// Where a source stood after a chunk.
@@ -362,18 +369,35 @@ impl Worker {
     }
 }
 
-fn insert_failure(tx: &rusqlite::Transaction<'_>, jail: &str, ip: &str, time: f64, line: &str) -> rusqlite::Result<()> {
+fn insert_failure(
+    tx: &rusqlite::Transaction<'_>,
+    jail: &str,
+    ip: &str,
+    time: f64,
+    line: &str,
+) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO failures (jail, ip, time, line) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![jail, ip, time, truncate(line, 2000)])?;
     Ok(())
 }
 
-fn save_position(tx: &rusqlite::Transaction<'_>, jail: &str, path: &str, pos: &Position) -> rusqlite::Result<()> {
+fn save_position(
+    tx: &rusqlite::Transaction<'_>,
+    jail: &str,
+    path: &str,
+    pos: &Position,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO positions (jail, path, inode, offset, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(jail, path) DO UPDATE SET inode = ?3, offset = ?4, fingerprint = ?5",
     )?
-    .execute(params![jail, path, pos.inode as i64, pos.offset as i64, pos.fingerprint])?;
+    .execute(params![
+        jail,
+        path,
+        pos.inode as i64,
+        pos.offset as i64,
+        pos.fingerprint
+    ])?;
     Ok(())
 }
 

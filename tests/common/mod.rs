@@ -63,7 +63,11 @@ impl Setup {
 
     pub fn append(&self, rel: &str, lines: &[String]) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.path(rel)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(rel))
+            .unwrap();
         for l in lines {
             writeln!(f, "{l}").unwrap();
         }
@@ -76,7 +80,12 @@ impl Setup {
 
     pub fn start(&self) -> Daemon {
         let child = Command::new(bin())
-            .args(["--config-dir", self.conf().to_str().unwrap(), "run", "--foreground"])
+            .args([
+                "--config-dir",
+                self.conf().to_str().unwrap(),
+                "run",
+                "--foreground",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -106,7 +115,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("banhammer did not answer on {} within 30 s", self.socket.display());
+        panic!(
+            "banhammer did not answer on {} within 30 s",
+            self.socket.display()
+        );
     }
 
     /// Runs `banhammer --json ARGS` against this daemon.
@@ -119,16 +131,21 @@ impl Daemon {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).to_string());
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     pub fn ctl(&self, args: &[&str]) -> Value {
-        self.try_ctl(args).unwrap_or_else(|e| panic!("banhammer {args:?} failed: {e}"))
+        self.try_ctl(args)
+            .unwrap_or_else(|e| panic!("banhammer {args:?} failed: {e}"))
     }
 
     /// The active bans as (address, jail) with start and end.
     pub fn banned(&self) -> Vec<Value> {
-        self.ctl(&["banned"]).as_array().cloned().unwrap_or_default()
+        self.ctl(&["banned"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn is_banned(&self, ip: &str) -> bool {
@@ -141,9 +158,11 @@ impl Daemon {
 
     /// Waits until the jail has read `n` lines.
     pub fn wait_lines(&self, jail: &str, n: u64) {
-        wait_for(&format!("jail {jail} to read {n} lines"), Duration::from_secs(30), || {
-            self.jail_status(jail)["lines"].as_u64().unwrap_or(0) >= n
-        });
+        wait_for(
+            &format!("jail {jail} to read {n} lines"),
+            Duration::from_secs(30),
+            || self.jail_status(jail)["lines"].as_u64().unwrap_or(0) >= n,
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -207,11 +226,17 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// An sshd failure line in syslog file format, dated now.
 pub fn sshd_failure(ip: &str, user: &str) -> String {
     let now = chrono::Local::now();
-    format!("{} srv sshd[4242]: Failed password for {user} from {ip} port 22 ssh2", now.format("%b %e %H:%M:%S"))
+    format!(
+        "{} srv sshd[4242]: Failed password for {user} from {ip} port 22 ssh2",
+        now.format("%b %e %H:%M:%S")
+    )
 }
 
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 pub fn exists(p: &Path) -> bool {
