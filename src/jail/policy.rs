@@ -97,7 +97,8 @@ mod tests {
         assert_eq!(p.bantime(0), Some(600.0));
         assert_eq!(p.bantime(1), Some(1200.0));
         assert_eq!(p.bantime(2), Some(2400.0));
-        assert_eq!(p.bantime(3), Some(5000.0), "capped by maxtime");
+        assert_eq!(p.bantime(3), Some(4800.0));
+        assert_eq!(p.bantime(4), Some(5000.0), "capped by maxtime");
         let p = BanPolicy {
             bantime: 100.0,
             increment: Some(inc(&[1.0, 5.0, 30.0])),

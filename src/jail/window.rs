@@ -79,7 +79,9 @@ mod tests {
         let k2: IpNet = "192.0.2.2/32".parse().unwrap();
         w.add(k2, 200.0, 60.0, 3);
         w.add(k2, 150.0, 60.0, 3);
-        assert_eq!(w.count(&k2, 200.0, 60.0), 1);
+        assert_eq!(w.count(&k2, 200.0, 60.0), 2);
+        // one older than findtime before the newest does not count
+        assert_eq!(w.add(k2, 120.0, 60.0, 3), 2);
         w.expire(300.0, 60.0);
         assert!(w.is_empty());
     }
