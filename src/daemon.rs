@@ -11,8 +11,9 @@ use crate::config::jail::{Backend, JailConfig, Jails, JailsError};
 use crate::control::{self, ControlError, Incoming, Request, Response};
 use crate::filter::Filter;
 use crate::firewall::{build_actions, ActionRunner};
-use crate::jail::{now, ActiveBan, Jail, JailCmd, JailMsg, JailStatus};
+use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus};
 use crate::source::{self, file::FileSource, journal::JournalSource};
+use crate::store::BanRecord;
 use crate::store::{Store, StoreCmd, StoreError};
 use indexmap::IndexMap;
 use std::collections::HashMap;
@@ -358,17 +359,7 @@ impl Daemon {
                 }
                 let skipped = self.skipped.clone();
                 tokio::spawn(async move {
-                    let mut all: Vec<JailStatus> = Vec::new();
-                    for (_, tx) in senders {
-                        let (r, rx) = oneshot::channel();
-                        if tx.send(JailMsg::Control(JailCmd::Status(r))).await.is_ok() {
-                            if let Ok(Ok(s)) =
-                                tokio::time::timeout(Duration::from_secs(30), rx).await
-                            {
-                                all.push(s);
-                            }
-                        }
-                    }
+                    let all: Vec<JailStatus> = ask_all(senders, JailCmd::Status).await;
                     let v = match jail {
                         Some(_) => serde_json::to_value(all.first()).unwrap_or_default(),
                         None => serde_json::json!({
@@ -391,17 +382,11 @@ impl Daemon {
                 };
                 let senders = self.senders();
                 tokio::spawn(async move {
-                    let mut all: Vec<ActiveBan> = Vec::new();
-                    for (_, tx) in senders {
-                        let (r, rx) = oneshot::channel();
-                        if tx.send(JailMsg::Control(JailCmd::Banned(r))).await.is_ok() {
-                            if let Ok(Ok(v)) =
-                                tokio::time::timeout(Duration::from_secs(30), rx).await
-                            {
-                                all.extend(v);
-                            }
-                        }
-                    }
+                    let mut all: Vec<BanRecord> = ask_all(senders, JailCmd::Banned)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect();
                     if !filter.is_empty() {
                         all.retain(|b| {
                             crate::jail::parse_key(&b.ip)
@@ -462,28 +447,37 @@ impl Daemon {
                 };
                 let senders = self.senders();
                 tokio::spawn(async move {
-                    let mut done: Vec<String> = Vec::new();
-                    for (_, tx) in senders {
-                        let (r, rx) = oneshot::channel();
-                        if tx
-                            .send(JailMsg::Control(JailCmd::Unban {
-                                ips: ips.clone(),
-                                reply: r,
-                            }))
-                            .await
-                            .is_ok()
-                        {
-                            if let Ok(v) = rx.await {
-                                done.extend(v);
-                            }
-                        }
-                    }
+                    let done: Vec<String> = ask_all(senders, |reply| JailCmd::Unban {
+                        ips: ips.clone(),
+                        reply,
+                    })
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
                     let _ = reply.send(Response::ok(serde_json::json!(done)));
                 });
             }
         }
         true
     }
+}
+
+/// Asks each jail the same question; collects the answers that come.
+async fn ask_all<T: Send + 'static>(
+    senders: Vec<(String, mpsc::Sender<JailMsg>)>,
+    question: impl Fn(oneshot::Sender<T>) -> JailCmd,
+) -> Vec<T> {
+    let mut answers = Vec::new();
+    for (_, tx) in senders {
+        let (r, rx) = oneshot::channel();
+        if tx.send(JailMsg::Control(question(r))).await.is_ok() {
+            if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
+                answers.push(v);
+            }
+        }
+    }
+    answers
 }
 
 fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {

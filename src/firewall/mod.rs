@@ -8,19 +8,8 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
-/// Everything an action may need to know about a ban.
-#[derive(Debug, Clone)]
-pub struct BanInfo {
-    pub jail: String,
-    /// An address, or an IPv6 network when the jail bans per prefix.
-    pub ip: String,
-    pub start: f64,
-    /// `None`: permanent.
-    pub end: Option<f64>,
-    pub failures: u32,
-    pub ban_count: u32,
-    pub matches: Vec<String>,
-}
+/// Everything an action may need to know about a ban: the stored record.
+pub use crate::store::BanRecord as BanInfo;
 
 #[derive(Debug, thiserror::Error)]
 #[error("action '{action}' in jail '{jail}': {msg}")]

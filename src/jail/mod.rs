@@ -14,7 +14,7 @@ pub mod window;
 
 use crate::config::jail::JailConfig;
 use crate::filter::{Failure, Filter, FilterState};
-use crate::firewall::{ActionEvent, ActionRunner, BanInfo};
+use crate::firewall::{ActionEvent, ActionRunner};
 use crate::store::{BanRecord, BanRequest, ChunkOp, JailState, Store, StoreCmd};
 use ignore::{parse_addr, IgnoreList};
 use ipnet::IpNet;
@@ -53,7 +53,7 @@ pub enum JailCmd {
         ips: Option<Vec<IpAddr>>,
         reply: oneshot::Sender<Vec<String>>,
     },
-    Banned(oneshot::Sender<Vec<ActiveBan>>),
+    Banned(oneshot::Sender<Vec<BanRecord>>),
 }
 
 pub enum JailMsg {
@@ -82,16 +82,6 @@ pub struct JailStatus {
     pub currently_banned: usize,
     pub total_banned: u64,
     pub banned: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActiveBan {
-    pub jail: String,
-    pub ip: String,
-    pub start: f64,
-    pub end: Option<f64>,
-    pub ban_count: u32,
-    pub failures: u32,
 }
 
 pub fn now() -> f64 {
@@ -217,8 +207,7 @@ impl Jail {
                 continue;
             };
             tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %b.ip, "Restore Ban");
-            self.actions
-                .send(ActionEvent::Restore(Arc::new(self.info(&b))));
+            self.actions.send(ActionEvent::Restore(Arc::new(b.clone())));
             if let Some(end) = b.end {
                 self.unbans.insert((ms(end), key));
             }
@@ -241,18 +230,6 @@ impl Jail {
         }
         for (key, n) in hot {
             self.start_ban(key, n, now);
-        }
-    }
-
-    fn info(&self, b: &BanRecord) -> BanInfo {
-        BanInfo {
-            jail: b.jail.clone(),
-            ip: b.ip.clone(),
-            start: b.start,
-            end: b.end,
-            failures: b.failures,
-            ban_count: b.ban_count,
-            matches: b.matches.clone(),
         }
     }
 
@@ -416,8 +393,7 @@ impl Jail {
             self.unbans.insert((ms(end), key));
         }
         self.total_banned += 1;
-        self.actions
-            .send(ActionEvent::Ban(Arc::new(self.info(&rec))));
+        self.actions.send(ActionEvent::Ban(Arc::new(rec.clone())));
         self.banned.insert(key, Active { rec });
     }
 
@@ -433,7 +409,7 @@ impl Jail {
             time: now,
         });
         self.actions
-            .send(ActionEvent::Unban(Arc::new(self.info(&a.rec))));
+            .send(ActionEvent::Unban(Arc::new(a.rec.clone())));
         Some(a.rec.ip)
     }
 
@@ -504,18 +480,7 @@ impl Jail {
                 let _ = reply.send(done);
             }
             JailCmd::Banned(reply) => {
-                let mut v: Vec<ActiveBan> = self
-                    .banned
-                    .values()
-                    .map(|a| ActiveBan {
-                        jail: a.rec.jail.clone(),
-                        ip: a.rec.ip.clone(),
-                        start: a.rec.start,
-                        end: a.rec.end,
-                        ban_count: a.rec.ban_count,
-                        failures: a.rec.failures,
-                    })
-                    .collect();
+                let mut v: Vec<BanRecord> = self.banned.values().map(|a| a.rec.clone()).collect();
                 v.sort_by(|a, b| a.ip.cmp(&b.ip));
                 let _ = reply.send(v);
             }

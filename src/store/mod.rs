@@ -37,8 +37,8 @@ pub struct StoredFailure {
     pub time: f64,
 }
 
-/// A ban as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A ban as stored (and as actions and the control socket see it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BanRecord {
     pub id: i64,
     pub jail: String,
