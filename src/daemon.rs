@@ -185,7 +185,7 @@ impl Daemon {
         }
         let (runner, act_thread) =
             ActionRunner::spawn(&name, actions).map_err(|e| format!("jail '{name}': {e}"))?;
-        let (tx, rx) = mpsc::channel::<JailMsg>(256);
+        let (tx, rx) = mpsc::channel::<JailMsg>(16);
         let positions: HashMap<String, crate::store::Position> =
             state.positions.iter().cloned().collect();
         let cursor = state.cursor.clone();

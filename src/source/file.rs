@@ -94,18 +94,22 @@ impl Tracked {
     }
 
     /// Reads the complete lines after `offset` (and with `final_partial`,
-    /// an unterminated last line too); calls `f` per line.
-    fn read_lines(
+    /// an unterminated last line too) and hands them to `f` in batches of
+    /// at most `max`, each with the position right after its last line.
+    /// Stops early (returning false) when `f` does.
+    fn read_chunks(
         &mut self,
         final_partial: bool,
-        f: &mut dyn FnMut(String),
-    ) -> std::io::Result<()> {
+        max: usize,
+        f: &mut dyn FnMut(Vec<String>, Position) -> bool,
+    ) -> std::io::Result<bool> {
         if self.fingerprint.is_empty() {
             self.fingerprint = fingerprint(&mut self.file);
         }
         self.file.seek(SeekFrom::Start(self.offset))?;
         let mut buf = vec![0u8; READ_SIZE];
         let mut carry: Vec<u8> = Vec::new();
+        let mut batch: Vec<String> = Vec::new();
         loop {
             let n = self.file.read(&mut buf)?;
             if n == 0 {
@@ -121,17 +125,23 @@ impl Tracked {
                 while let [rest @ .., b'\r' | b'\n'] = raw {
                     raw = rest;
                 }
-                f(String::from_utf8_lossy(raw).into_owned());
+                batch.push(String::from_utf8_lossy(raw).into_owned());
+                self.offset += (nl + 1 - start) as u64;
                 start = nl + 1;
+                if batch.len() >= max && !f(std::mem::take(&mut batch), self.position()) {
+                    return Ok(false);
+                }
             }
-            self.offset += (last + 1) as u64;
             carry.drain(..=last);
         }
         if final_partial && !carry.is_empty() {
-            f(String::from_utf8_lossy(&carry).into_owned());
+            batch.push(String::from_utf8_lossy(&carry).into_owned());
             self.offset += carry.len() as u64;
         }
-        Ok(())
+        if !batch.is_empty() {
+            return Ok(f(batch, self.position()));
+        }
+        Ok(true)
     }
 }
 
@@ -212,37 +222,25 @@ impl Runner<'_> {
         report_as: &Path,
         checkpoint: bool,
     ) -> bool {
-        let mut lines: Vec<Line> = Vec::new();
-        let mut ok = true;
         let live = self.live;
+        let path = report_as.display().to_string();
         let mut pending_err = None;
-        let r = t.read_lines(final_partial, &mut |text| {
-            lines.push(Line {
-                text,
-                time: None,
-                live,
-            });
+        // each chunk carries the position after it: its failures and the
+        // position are committed together
+        let r = t.read_chunks(final_partial, CHUNK_LINES, &mut |texts, pos| {
+            let lines = texts.into_iter().map(|text| Line { text, time: None, live }).collect();
+            (self.events)(SourceEvent::Chunk {
+                lines,
+                checkpoint: checkpoint.then(|| Checkpoint::File { path: path.clone(), pos }),
+            })
         });
-        if let Err(e) = r {
-            pending_err = Some(e);
-        }
-        // positions are committed with the failures of the lines before them
-        let pos = t.position();
-        for chunk in lines.chunks(CHUNK_LINES) {
-            ok &= (self.events)(SourceEvent::Chunk {
-                lines: chunk.to_vec(),
-                checkpoint: None,
-            });
-        }
-        if checkpoint {
-            ok &= (self.events)(SourceEvent::Chunk {
-                lines: Vec::new(),
-                checkpoint: Some(Checkpoint::File {
-                    path: report_as.display().to_string(),
-                    pos,
-                }),
-            });
-        }
+        let ok = match r {
+            Ok(ok) => ok,
+            Err(e) => {
+                pending_err = Some(e);
+                true
+            }
+        };
         if let Some(e) = pending_err {
             tracing::warn!(jail = %self.src.jail, file = %t.path.display(), "read error: {e}");
         }

@@ -152,11 +152,16 @@ pub enum StoreCmd {
     Stop,
 }
 
-/// The cheap, clonable side of the store.
+/// The cheap, clonable side of the store. The channel is bounded: when the
+/// database falls behind, senders wait (backpressure) instead of queueing
+/// without limit.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<StoreCmd>,
+    tx: mpsc::SyncSender<StoreCmd>,
 }
+
+/// Commands that may wait for the store thread.
+const QUEUE: usize = 1024;
 
 impl Store {
     /// Opens (or creates) the database and starts the store thread.
@@ -173,7 +178,7 @@ impl Store {
             path: name.clone(),
             msg,
         })?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || Worker { conn, name }.run(rx))
@@ -185,7 +190,21 @@ impl Store {
     }
 
     pub fn send(&self, cmd: StoreCmd) -> Result<(), StoreError> {
-        self.tx.send(cmd).map_err(|_| StoreError::Gone)
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Gone),
+            Err(mpsc::TrySendError::Full(cmd)) => {
+                // wait for room without stalling other tasks of the runtime
+                let in_runtime = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                let send = || self.tx.send(cmd).map_err(|_| StoreError::Gone);
+                if in_runtime {
+                    tokio::task::block_in_place(send)
+                } else {
+                    send()
+                }
+            }
+        }
     }
 
     pub async fn ban(&self, req: BanRequest) -> Result<BanRecord, StoreError> {
