@@ -11,7 +11,7 @@ use crate::config::jail::{Backend, JailConfig, Jails, JailsError};
 use crate::control::{self, ControlError, Incoming, Request, Response};
 use crate::filter::Filter;
 use crate::firewall::{build_actions, ActionRunner};
-use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus};
+use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus, Matcher};
 use crate::source::{self, file::FileSource, journal::JournalSource};
 use crate::store::BanRecord;
 use crate::store::{Store, StoreCmd, StoreError};
@@ -56,6 +56,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             cause,
         })?;
     }
+    crate::logging::start_flusher();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("banhammer")
@@ -64,7 +65,9 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             what: "cannot start the runtime".into(),
             cause,
         })?;
-    rt.block_on(main_loop(opts.config_dir, dcfg))
+    let result = rt.block_on(main_loop(opts.config_dir, dcfg));
+    crate::logging::flush();
+    result
 }
 
 fn daemonize() -> std::io::Result<()> {
@@ -189,6 +192,7 @@ impl Daemon {
         let positions: HashMap<String, crate::store::Position> =
             state.positions.iter().cloned().collect();
         let cursor = state.cursor.clone();
+        let matcher = Arc::new(Matcher::new(filter.clone()));
         let mut jail = Jail::new(cfg.clone(), filter, self.store.clone(), runner, tx.clone());
         jail.restore(state);
         let cancel = self.root.child_token();
@@ -211,6 +215,7 @@ impl Daemon {
                 };
                 let t = source::spawn(
                     format!("journal/{name}"),
+                    matcher.clone(),
                     tx.clone(),
                     cancel.clone(),
                     move |c, ev| src.run(c, ev),
@@ -229,6 +234,7 @@ impl Daemon {
                     };
                     let t = source::spawn(
                         format!("file/{name}"),
+                        matcher.clone(),
                         tx.clone(),
                         cancel.clone(),
                         move |c, ev| src.run(c, ev),

@@ -56,8 +56,54 @@ impl Visit for Fields {
 }
 
 enum Sink {
-    Write(Mutex<Box<dyn Write + Send>>),
+    Write(&'static Mutex<Buffered>),
     Journal,
+}
+
+/// Log lines wait in `buf` until a NOTICE or worse, a full buffer or the
+/// flusher thread (every [`FLUSH_EVERY`]) writes them: a burst of `Found`
+/// lines costs one write, and no line waits longer than that.
+struct Buffered {
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+}
+
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const FLUSH_SIZE: usize = 64 << 10;
+
+impl Buffered {
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = self.out.write_all(&self.buf);
+            let _ = self.out.flush();
+            self.buf.clear();
+        }
+    }
+}
+
+static WRITER: std::sync::OnceLock<&'static Mutex<Buffered>> = std::sync::OnceLock::new();
+
+/// Starts the thread that writes buffered lines out every [`FLUSH_EVERY`]
+/// (after `init`, and after the daemon went to the background: a fork
+/// keeps no threads).
+pub fn start_flusher() {
+    if WRITER.get().is_some() {
+        let _ = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(|| loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush();
+            });
+    }
+}
+
+/// Writes out the log lines waiting in the buffer (at shutdown).
+pub fn flush() {
+    if let Some(w) = WRITER.get() {
+        if let Ok(mut w) = w.lock() {
+            w.flush();
+        }
+    }
 }
 
 struct LineLayer {
@@ -124,17 +170,19 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         match &self.sink {
             Sink::Write(w) => {
                 let now = chrono::Local::now();
-                let line = format!(
-                    "{} {:<24}[{}]: {:<7} {}\n",
-                    now.format("%Y-%m-%d %H:%M:%S,%3f"),
-                    logger,
-                    self.pid,
-                    level,
-                    msg
-                );
                 if let Ok(mut w) = w.lock() {
-                    let _ = w.write_all(line.as_bytes());
-                    let _ = w.flush();
+                    let _ = writeln!(
+                        w.buf,
+                        "{} {:<24}[{}]: {:<7} {}",
+                        now.format("%Y-%m-%d %H:%M:%S,%3f"),
+                        logger,
+                        self.pid,
+                        level,
+                        msg
+                    );
+                    if priority <= 5 || w.buf.len() >= FLUSH_SIZE {
+                        w.flush();
+                    }
                 }
             }
             Sink::Journal => {
@@ -160,10 +208,10 @@ pub struct LogError {
 
 /// Installs the log; call once, before anything logs.
 pub fn init(target: &LogTarget, level: LogLevel) -> Result<(), LogError> {
-    let sink = match target {
-        LogTarget::Stderr => Sink::Write(Mutex::new(Box::new(std::io::stderr()))),
-        LogTarget::Stdout => Sink::Write(Mutex::new(Box::new(std::io::stdout()))),
-        LogTarget::Journal => Sink::Journal,
+    let out: Box<dyn Write + Send> = match target {
+        LogTarget::Stderr => Box::new(std::io::stderr()),
+        LogTarget::Stdout => Box::new(std::io::stdout()),
+        LogTarget::Journal => Box::new(std::io::sink()),
         LogTarget::File(p) => {
             if let Some(dir) = p.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -178,8 +226,18 @@ pub fn init(target: &LogTarget, level: LogLevel) -> Result<(), LogError> {
                 })?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640));
-            Sink::Write(Mutex::new(Box::new(f)))
+            Box::new(f)
         }
+    };
+    let sink = if matches!(target, LogTarget::Journal) {
+        Sink::Journal
+    } else {
+        let w: &'static Mutex<Buffered> = Box::leak(Box::new(Mutex::new(Buffered {
+            out,
+            buf: Vec::with_capacity(FLUSH_SIZE),
+        })));
+        let _ = WRITER.set(w);
+        Sink::Write(w)
     };
     let layer = LineLayer {
         sink,

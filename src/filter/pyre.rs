@@ -2092,6 +2092,11 @@ impl Slots {
 struct FastRegex {
     uni: regex::Regex,
     ascii: Option<regex::bytes::Regex>,
+    /// The byte classes of the ASCII build: bytes in one class are never
+    /// told apart by the pattern (see [`ShapeCache`]).
+    classes: Option<Box<[u8; 256]>>,
+    /// Shape key: the match and its surroundings instead of the haystack.
+    shape_by_match: bool,
 }
 
 impl FastRegex {
@@ -2102,9 +2107,12 @@ impl FastRegex {
             .dfa_size_limit(16 << 20)
             .build()
             .ok();
+        let classes = ascii.as_ref().and_then(|_| byte_classes(pattern));
         Ok(FastRegex {
             uni: build_std(pattern, src)?,
             ascii,
+            classes,
+            shape_by_match: false,
         })
     }
 
@@ -2135,6 +2143,11 @@ impl FastRegex {
     fn captures_at(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
         slots.raw.clear();
         let ci = slots.cache_index(id);
+        if let Some(classes) = &self.classes {
+            if slots.caches[ci].shape.enabled() && hay.is_ascii() {
+                return self.shaped_captures(classes, ci, id, hay, start, slots);
+            }
+        }
         if slots.caches[ci].enabled() {
             let Some((ms, me)) = self.find_at(hay, start) else {
                 return false;
@@ -2156,6 +2169,47 @@ impl FastRegex {
             return true;
         }
         self.engine_captures(id, hay, start, slots)
+    }
+
+    /// `captures_at` through the [`ShapeCache`] (ASCII haystacks).
+    fn shaped_captures(
+        &self,
+        classes: &[u8; 256],
+        ci: usize,
+        id: usize,
+        hay: &str,
+        start: usize,
+        slots: &mut Slots,
+    ) -> bool {
+        let bytes = hay.as_bytes();
+        let (text, extra, base) = if self.shape_by_match {
+            let Some((ms, me)) = self.find_at(hay, start) else {
+                return false;
+            };
+            let class = |b: Option<&u8>| b.map_or(SHAPE_EDGE, |&b| u64::from(classes[b as usize]));
+            let around =
+                class(ms.checked_sub(1).and_then(|i| bytes.get(i))) << 9 | class(bytes.get(me));
+            (&bytes[ms..me], around, ms)
+        } else {
+            (bytes, start as u64, 0)
+        };
+        let shape = &mut slots.caches[ci].shape;
+        if let Some(found) = shape.lookup(classes, text, extra) {
+            if found {
+                shape.hit_spans(base, &mut slots.raw);
+            }
+            return found;
+        }
+        let found = self.engine_captures(
+            id,
+            hay,
+            if self.shape_by_match { base } else { start },
+            slots,
+        );
+        let raw = std::mem::take(&mut slots.raw);
+        slots.caches[ci].shape.store(found, &raw, base);
+        slots.raw = raw;
+        found
     }
 
     fn engine_captures(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
@@ -2211,6 +2265,7 @@ impl SpanKey {
 #[derive(Debug, Default)]
 struct SpanCache {
     id: usize,
+    shape: ShapeCache,
     key: SpanKey,
     text: String,
     /// Group spans relative to the match start.
@@ -2253,6 +2308,194 @@ impl SpanCache {
         self.rel
             .extend(raw.iter().map(|r| r.map(|(a, b)| (a - s, b - s))));
         self.valid = true;
+    }
+}
+
+/// The byte classes of `pattern` compiled as the ASCII build is: a table
+/// from byte to class.
+fn byte_classes(pattern: &str) -> Option<Box<[u8; 256]>> {
+    use regex_automata::{nfa::thompson, util::syntax};
+    let nfa = thompson::NFA::compiler()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(
+            thompson::Config::new()
+                .nfa_size_limit(Some(64 << 20))
+                .shrink(false),
+        )
+        .build(pattern)
+        .ok()?;
+    let bc = nfa.byte_classes();
+    let mut table = Box::new([0u8; 256]);
+    for (b, t) in table.iter_mut().enumerate() {
+        *t = bc.get(b as u8);
+    }
+    Some(table)
+}
+
+/// Results of one pattern by the *shape* of the text: the text with every
+/// byte replaced by its byte class.
+///
+/// A pattern cannot tell apart two bytes of one class (no literal, class
+/// or assertion of it contains one but not the other), so two haystacks of
+/// the same shape, searched from the same offset, match alike: same
+/// outcome, same group spans. Log lines of one kind differ mostly in bytes
+/// of one class (the digits of an address or a port, the letters of a user
+/// name that the pattern does not spell), so their shapes repeat and the
+/// capture engine runs once per shape.
+///
+/// Two keys: the whole haystack (no search at all on a hit; right for
+/// patterns that span the line), or, for patterns that match a part of it
+/// (a line's prefix), the shape of the match found by the DFA and the
+/// classes of the bytes around it, which is all the groups depend on. The
+/// cache switches itself off for patterns where it rarely hits.
+#[derive(Debug, Default)]
+struct ShapeCache {
+    map: std::collections::HashMap<u64, ShapeEntry, BuildIdentity>,
+    /// The key being looked up; the key of the next `store`.
+    scratch: Vec<u8>,
+    extra: u64,
+    hash: u64,
+    /// The entry of the last hit.
+    last: u64,
+    lookups: u32,
+    hits: u32,
+    off: bool,
+}
+
+#[derive(Debug)]
+struct ShapeEntry {
+    shape: Box<[u8]>,
+    extra: u64,
+    found: bool,
+    /// Group spans relative to the start of the shaped text; `u32::MAX` =
+    /// the group did not take part.
+    spans: Box<[(u32, u32)]>,
+}
+
+/// Entries kept per pattern; the cache starts over when full.
+const SHAPE_CAPACITY: usize = 8192;
+/// Lookups per hit-rate check.
+const SHAPE_WINDOW: u32 = 8192;
+/// `extra` for a text with no byte before or after it.
+const SHAPE_EDGE: u64 = 0x100;
+
+impl ShapeCache {
+    fn enabled(&self) -> bool {
+        !self.off
+    }
+
+    /// Looks up the shape of `text` with `extra` (the search offset, or the
+    /// classes around a match); Some(found) on a hit.
+    fn lookup(&mut self, classes: &[u8; 256], text: &[u8], extra: u64) -> Option<bool> {
+        self.scratch.clear();
+        self.scratch
+            .extend(text.iter().map(|&b| classes[b as usize]));
+        self.extra = extra;
+        self.hash = shape_hash(&self.scratch, extra);
+        self.lookups += 1;
+        let hit = match self.map.get(&self.hash) {
+            Some(e) if e.extra == extra && *e.shape == *self.scratch => Some(e.found),
+            _ => None,
+        };
+        if hit.is_some() {
+            self.hits += 1;
+            self.last = self.hash;
+        }
+        if self.lookups >= SHAPE_WINDOW {
+            // fewer than one hit in eight: the shapes do not repeat enough
+            self.off = self.hits * 8 < self.lookups;
+            self.lookups = 0;
+            self.hits = 0;
+            if self.off {
+                self.map = Default::default();
+            }
+        }
+        hit
+    }
+
+    /// The spans of the last hit, moved to `base`.
+    fn hit_spans(&self, base: usize, out: &mut Vec<Option<(usize, usize)>>) {
+        if let Some(e) = self.map.get(&self.last) {
+            out.extend(
+                e.spans
+                    .iter()
+                    .map(|&(a, b)| (a != u32::MAX).then(|| (a as usize + base, b as usize + base))),
+            );
+        }
+    }
+
+    /// Remembers the outcome for the key of the last (missed) lookup; the
+    /// spans are moved from `base`.
+    fn store(&mut self, found: bool, spans: &[Option<(usize, usize)>], base: usize) {
+        if self.off {
+            return;
+        }
+        let Some(spans) = spans
+            .iter()
+            .map(|s| match *s {
+                None => Some((u32::MAX, u32::MAX)),
+                Some((a, b)) => Some((
+                    u32::try_from(a.checked_sub(base)?).ok()?,
+                    u32::try_from(b.checked_sub(base)?).ok()?,
+                )),
+            })
+            .collect::<Option<Box<[_]>>>()
+        else {
+            return;
+        };
+        if self.map.len() >= SHAPE_CAPACITY {
+            self.map.clear();
+        }
+        self.map.insert(
+            self.hash,
+            ShapeEntry {
+                shape: self.scratch.as_slice().into(),
+                extra: self.extra,
+                found,
+                spans,
+            },
+        );
+    }
+}
+
+fn shape_hash(shape: &[u8], extra: u64) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = extra.wrapping_mul(K);
+    let mut chunks = shape.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    for &b in chunks.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+    }
+    h ^ (shape.len() as u64)
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildIdentity;
+
+impl std::hash::BuildHasher for BuildIdentity {
+    type Hasher = IdentityHasher;
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher(0)
+    }
+}
+
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -2303,7 +2546,11 @@ impl Pattern {
         let next_id = next_pattern_id;
         let tail = match py.split_tail(multiline) {
             Some((head, group, needs_char)) => Some(TailGroup {
-                head: FastRegex::new(&head.emit(Target::Std, false), src)?,
+                head: FastRegex {
+                    // a line's prefix: key the cache by the prefix alone
+                    shape_by_match: true,
+                    ..FastRegex::new(&head.emit(Target::Std, false), src)?
+                },
                 head_id: next_id(),
                 group,
                 needs_char,

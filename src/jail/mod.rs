@@ -1,8 +1,9 @@
-//! Jails: one task per jail owns its filter state, failure windows and
-//! active bans.
+//! Jails: one task per jail owns its failure windows and active bans.
 //!
-//! A jail receives chunks of log lines from its sources (each followed by
-//! the source position after it), control commands, and confirmations
+//! The filter runs on the source threads (a [`Matcher`] per jail, shared
+//! by its sources), so matching and counting proceed side by side. A jail
+//! receives the failures of each chunk of log lines (with the source
+//! position after the chunk), control commands, and confirmations
 //! from the store. It sends failures, positions, bans and unbans to the
 //! store in the order they happen (so a position is never committed
 //! before the failures of the lines before it), and ban events to its
@@ -42,6 +43,79 @@ pub struct Line {
 /// Where a source stands after a chunk.
 pub type Checkpoint = crate::store::SourcePos;
 
+/// A failure found in a line: what the jail counts (made on the source
+/// thread, so the filter's own structures are freed where they were made).
+pub struct Found {
+    /// The failure id (an address, or a host name with `usedns`).
+    pub fid: String,
+    /// The log time, if the line had one.
+    pub time: Option<f64>,
+    /// The log line(s) of the failure: the evidence a ban keeps.
+    pub line: Arc<str>,
+    /// See [`Line::live`].
+    pub live: bool,
+}
+
+impl Found {
+    fn new(f: Failure, live: bool) -> Option<Found> {
+        let line: Arc<str> = match f.data.matches.as_slice() {
+            [one] => one.full().into(),
+            many => many
+                .iter()
+                .map(|m| m.full())
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+        };
+        Some(Found {
+            fid: f.fid?,
+            time: f.time,
+            line,
+            live,
+        })
+    }
+}
+
+/// A jail's filter and its state, run by the jail's sources on their own
+/// threads. One state per jail, as Fail2Ban has one per jail: the sources
+/// of a jail take turns, a chunk at a time.
+pub struct Matcher {
+    filter: Arc<Filter>,
+    state: std::sync::Mutex<FilterState>,
+}
+
+impl Matcher {
+    pub fn new(filter: Arc<Filter>) -> Matcher {
+        Matcher {
+            state: std::sync::Mutex::new(FilterState::new(&filter)),
+            filter,
+        }
+    }
+
+    /// The failures in a chunk of lines.
+    pub fn scan(&self, lines: &[Line]) -> Vec<Found> {
+        let now = now();
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out = Vec::new();
+        for line in lines {
+            let found = match line.time {
+                Some(t) => state.process_dated(&self.filter, &line.text, t, ""),
+                None => state.process_line(&self.filter, &line.text, now),
+            };
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|f| !f.is_nofail())
+                    .filter_map(|f| Found::new(f, line.live)),
+            );
+        }
+        out
+    }
+}
+
 pub enum JailCmd {
     Status(oneshot::Sender<JailStatus>),
     Ban {
@@ -57,8 +131,10 @@ pub enum JailCmd {
 }
 
 pub enum JailMsg {
+    /// What a source found in a chunk of `lines` lines.
     Chunk {
-        lines: Vec<Line>,
+        lines: u64,
+        found: Vec<Found>,
         checkpoint: Option<Checkpoint>,
     },
     /// A source's status line (file watched, missing, ...).
@@ -128,7 +204,6 @@ struct Active {
 pub struct Jail {
     cfg: JailConfig,
     filter: Arc<Filter>,
-    state: FilterState,
     windows: FailureWindows,
     banned: HashMap<IpNet, Active>,
     /// Bans sent to the store, not confirmed yet.
@@ -165,7 +240,6 @@ impl Jail {
             increment: cfg.increment.clone(),
         };
         Jail {
-            state: FilterState::new(&filter),
             cfg,
             filter,
             windows: FailureWindows::default(),
@@ -221,9 +295,10 @@ impl Jail {
             if self.banned.contains_key(&key) {
                 continue;
             }
+            let line: Arc<str> = f.line.unwrap_or_default().into();
             let n = self
                 .windows
-                .add(key, f.time, self.cfg.findtime, self.cfg.maxretry);
+                .add(key, f.time, line, self.cfg.findtime, self.cfg.maxretry);
             if n >= self.cfg.maxretry {
                 hot.push((key, n));
             }
@@ -239,22 +314,15 @@ impl Jail {
         }
     }
 
-    /// Runs one chunk of lines through the filter; its failures, bans and
-    /// the source position after it go to the store as one transaction.
-    fn on_chunk(&mut self, lines: Vec<Line>, checkpoint: Option<Checkpoint>) {
+    /// Counts the failures of one chunk of lines; they, the bans they
+    /// cause and the source position after the chunk go to the store as
+    /// one transaction.
+    fn on_chunk(&mut self, lines: u64, found: Vec<Found>, checkpoint: Option<Checkpoint>) {
         let now = now();
         self.chunk = Some(Vec::new());
-        for line in lines {
-            self.lines += 1;
-            let found = match line.time {
-                Some(t) => self.state.process_dated(&self.filter, &line.text, t, ""),
-                None => self.state.process_line(&self.filter, &line.text, now),
-            };
-            for f in found {
-                if f.fid.is_some() && !f.is_nofail() {
-                    self.on_failure(&f, line.live, now);
-                }
-            }
+        self.lines += lines;
+        for f in found {
+            self.on_failure(f, now);
         }
         let ops = self.chunk.take().unwrap_or_default();
         if !ops.is_empty() || checkpoint.is_some() {
@@ -266,20 +334,19 @@ impl Jail {
         }
     }
 
-    fn on_failure(&mut self, f: &Failure, live: bool, now: f64) {
-        let Some(fid) = f.fid.as_deref() else { return };
-        let ip = match parse_addr(fid) {
+    fn on_failure(&mut self, f: Found, now: f64) {
+        let ip = match parse_addr(&f.fid) {
             Some(ip) => ip,
-            None => match self.resolve(fid) {
+            None => match self.resolve(&f.fid) {
                 Some(ip) => ip,
                 None => {
-                    tracing::debug!(jail = %self.cfg.name, id = %fid, "failure id is not an address; not counted");
+                    tracing::debug!(jail = %self.cfg.name, id = %f.fid, "failure id is not an address; not counted");
                     return;
                 }
             },
         };
         let mut time = f.time.unwrap_or(now);
-        if live {
+        if f.live {
             if (time - now).abs() > 60.0 {
                 if !self.warned_clock {
                     tracing::warn!(jail = %self.cfg.name, offset = time - now, "a log line's time is more than a minute off the current time (time zone or latency problem?); treating such lines as just written");
@@ -298,35 +365,31 @@ impl Jail {
             return;
         }
         let key = ban_key(ip, self.cfg.ipv6prefix);
+        // counted as Fail2Ban counts it, also when the address is banned
+        // already (its lines still arrive until the firewall drops them)
+        self.total_failed += 1;
         if self.banned.contains_key(&key) || self.pending.contains(&key) {
             return;
         }
         let text = key_text(&key);
         tracing::info!(jail = %self.cfg.name, ip = %text, "Found");
-        self.total_failed += 1;
-        let line = f
-            .data
-            .matches
-            .iter()
-            .map(|m| m.full())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let line = f.line;
         match self.chunk.as_mut() {
             Some(ops) => ops.push(ChunkOp::Failure {
                 ip: text,
                 time,
-                line,
+                line: line.clone(),
             }),
             None => self.store_send(StoreCmd::Failure {
                 jail: self.cfg.name.clone(),
                 ip: text,
                 time,
-                line,
+                line: line.clone(),
             }),
         }
         let n = self
             .windows
-            .add(key, time, self.cfg.findtime, self.cfg.maxretry);
+            .add(key, time, line, self.cfg.findtime, self.cfg.maxretry);
         if n >= self.cfg.maxretry {
             self.start_ban(key, n, now);
         }
@@ -351,13 +414,14 @@ impl Jail {
         if self.banned.contains_key(&key) || !self.pending.insert(key) {
             return;
         }
-        self.windows.remove(&key);
+        let evidence = self.windows.take(&key);
+        let skip = evidence.len().saturating_sub(self.cfg.maxmatches);
         let req = BanRequest {
             jail: self.cfg.name.clone(),
             ip: key_text(&key),
             start: now,
             failures,
-            max_matches: self.cfg.maxmatches,
+            matches: evidence[skip..].iter().map(|f| f.1.to_string()).collect(),
             policy: self.policy.clone(),
         };
         let (reply, rx) = oneshot::channel();
@@ -496,7 +560,7 @@ impl Jail {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv() => match msg {
                     None => break,
-                    Some(JailMsg::Chunk { lines, checkpoint }) => self.on_chunk(lines, checkpoint),
+                    Some(JailMsg::Chunk { lines, found, checkpoint }) => self.on_chunk(lines, found, checkpoint),
                     Some(JailMsg::Source { id, state }) => {
                         match self.sources.iter_mut().find(|(i, _)| *i == id) {
                             Some(s) => s.1 = state,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Lines per chunk sent to the jail.
-const CHUNK_LINES: usize = 1024;
+const CHUNK_LINES: usize = 4096;
 /// Bytes read at once.
 const READ_SIZE: usize = 1 << 20;
 /// How long a rotated file is still read after it was replaced.
@@ -228,10 +228,20 @@ impl Runner<'_> {
         // each chunk carries the position after it: its failures and the
         // position are committed together
         let r = t.read_chunks(final_partial, CHUNK_LINES, &mut |texts, pos| {
-            let lines = texts.into_iter().map(|text| Line { text, time: None, live }).collect();
+            let lines = texts
+                .into_iter()
+                .map(|text| Line {
+                    text,
+                    time: None,
+                    live,
+                })
+                .collect();
             (self.events)(SourceEvent::Chunk {
                 lines,
-                checkpoint: checkpoint.then(|| Checkpoint::File { path: path.clone(), pos }),
+                checkpoint: checkpoint.then(|| Checkpoint::File {
+                    path: path.clone(),
+                    pos,
+                }),
             })
         });
         let ok = match r {

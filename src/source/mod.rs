@@ -4,7 +4,8 @@
 pub mod file;
 pub mod journal;
 
-use crate::jail::{Checkpoint, JailMsg, Line};
+use crate::jail::{Checkpoint, JailMsg, Line, Matcher};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +21,12 @@ pub enum SourceEvent {
     },
 }
 
-/// Runs a source on its own thread, delivering to a jail's channel (and
-/// waiting when the jail is busy: backpressure, nothing dropped).
+/// Runs a source on its own thread, running the jail's filter on each chunk
+/// and delivering what it found to the jail's channel (waiting when the
+/// jail is busy: backpressure, nothing dropped).
 pub fn spawn<F>(
     name: String,
+    matcher: Arc<Matcher>,
     jail: mpsc::Sender<JailMsg>,
     cancel: CancellationToken,
     run: F,
@@ -34,7 +37,11 @@ where
     std::thread::Builder::new().name(name).spawn(move || {
         let deliver = |ev: SourceEvent| -> bool {
             let msg = match ev {
-                SourceEvent::Chunk { lines, checkpoint } => JailMsg::Chunk { lines, checkpoint },
+                SourceEvent::Chunk { lines, checkpoint } => JailMsg::Chunk {
+                    lines: lines.len() as u64,
+                    found: matcher.scan(&lines),
+                    checkpoint,
+                },
                 SourceEvent::Status { id, state } => JailMsg::Source { id, state },
             };
             jail.blocking_send(msg).is_ok()

@@ -14,6 +14,7 @@ mod schema;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -35,6 +36,7 @@ pub enum StoreError {
 pub struct StoredFailure {
     pub ip: String,
     pub time: f64,
+    pub line: Option<String>,
 }
 
 /// A ban as stored (and as actions and the control socket see it).
@@ -60,8 +62,8 @@ pub struct BanRequest {
     pub ip: String,
     pub start: f64,
     pub failures: u32,
-    /// Evidence lines kept with the ban.
-    pub max_matches: usize,
+    /// Evidence: the log lines of the failures, oldest first.
+    pub matches: Vec<String>,
     pub policy: crate::jail::BanPolicy,
 }
 
@@ -90,7 +92,7 @@ pub enum ChunkOp {
     Failure {
         ip: String,
         time: f64,
-        line: String,
+        line: Arc<str>,
     },
     Ban {
         req: BanRequest,
@@ -118,7 +120,7 @@ pub enum StoreCmd {
         jail: String,
         ip: String,
         time: f64,
-        line: String,
+        line: Arc<str>,
     },
     Position {
         jail: String,
@@ -195,8 +197,9 @@ impl Store {
             Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Gone),
             Err(mpsc::TrySendError::Full(cmd)) => {
                 // wait for room without stalling other tasks of the runtime
-                let in_runtime = tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                let in_runtime = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
                 let send = || self.tx.send(cmd).map_err(|_| StoreError::Gone);
                 if in_runtime {
                     tokio::task::block_in_place(send)
@@ -437,8 +440,10 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Inserts a ban: its duration from the policy and the address's history,
-/// its evidence from the stored failures (which it then consumes).
+/// Inserts a ban, its duration from the policy and the address's history.
+/// The failures that led to it stay in the table until purged; a ban
+/// consumes the failures of its address up to its start (see
+/// [`load_state`]).
 fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Result<BanRecord> {
     let count: i64 = if req.policy.overalljails() {
         tx.prepare_cached("SELECT COUNT(*) FROM bans WHERE ip = ?1")?
@@ -449,15 +454,7 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
     };
     let seconds = req.policy.bantime(count as u32);
     let end = seconds.map(|s| req.start + s);
-    let mut stmt = tx.prepare_cached(
-        "SELECT line FROM failures WHERE jail = ?1 AND ip = ?2 AND line IS NOT NULL ORDER BY time DESC, id DESC LIMIT ?3",
-    )?;
-    let mut matches: Vec<String> = stmt
-        .query_map(params![req.jail, req.ip, req.max_matches as i64], |r| {
-            r.get(0)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    matches.reverse();
+    let matches = req.matches.clone();
     // an address banned again while active (manual ban): the new ban replaces it
     tx.prepare_cached(
         "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1",
@@ -476,8 +473,6 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
         serde_json::to_string(&matches).unwrap_or_else(|_| "[]".into())
     ])?;
     let id = tx.last_insert_rowid();
-    tx.prepare_cached("DELETE FROM failures WHERE jail = ?1 AND ip = ?2")?
-        .execute(params![req.jail, req.ip])?;
     Ok(BanRecord {
         id,
         jail: req.jail.clone(),
@@ -524,13 +519,18 @@ fn load_state(
             state.bans.push(b);
         }
     }
+    // failures that still count: recent, and not consumed by a ban of
+    // their address that started after them
     let mut stmt = conn.prepare_cached(
-        "SELECT ip, time FROM failures WHERE jail = ?1 AND time > ?2 ORDER BY time, id",
+        "SELECT ip, time, line FROM failures f WHERE jail = ?1 AND time > ?2
+           AND NOT EXISTS (SELECT 1 FROM bans b WHERE b.ip = f.ip AND b.jail = f.jail AND b.start >= f.time)
+         ORDER BY time, id",
     )?;
     for f in stmt.query_map(params![jail, now - findtime], |r| {
         Ok(StoredFailure {
             ip: r.get(0)?,
             time: r.get(1)?,
+            line: r.get(2)?,
         })
     })? {
         state.failures.push(f?);
@@ -573,4 +573,72 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: f64) -> rusqlite::Result<()> {
 pub fn describe(path: Option<&PathBuf>) -> String {
     path.map(|p| p.display().to_string())
         .unwrap_or_else(|| "(in memory)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jail::BanPolicy;
+
+    fn failure(ip: &str, time: f64) -> StoreCmd {
+        StoreCmd::Failure {
+            jail: "j".into(),
+            ip: ip.into(),
+            time,
+            line: format!("line {time}").into(),
+        }
+    }
+
+    #[test]
+    fn a_ban_consumes_the_failures_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, thread) = Store::open(Some(&dir.path().join("db.sqlite3"))).expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for (ip, t) in [
+                ("192.0.2.1", 100.0),
+                ("192.0.2.1", 101.0),
+                ("192.0.2.2", 102.0),
+            ] {
+                store.send(failure(ip, t)).expect("send");
+            }
+            let policy = BanPolicy {
+                bantime: 600.0,
+                increment: None,
+            };
+            let rec = store
+                .ban(BanRequest {
+                    jail: "j".into(),
+                    ip: "192.0.2.1".into(),
+                    start: 105.0,
+                    failures: 2,
+                    matches: vec!["line 100".into(), "line 101".into()],
+                    policy,
+                })
+                .await
+                .expect("ban");
+            assert_eq!(rec.matches, ["line 100", "line 101"]);
+            assert_eq!(rec.end, Some(705.0));
+            // after the ban, the address's failures count again
+            store.send(failure("192.0.2.1", 110.0)).expect("send");
+            let st = store.load("j", 600.0, 120.0).await.expect("load");
+            let got: Vec<_> = st
+                .failures
+                .iter()
+                .map(|f| (f.ip.as_str(), f.time, f.line.as_deref()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("192.0.2.2", 102.0, Some("line 102")),
+                    ("192.0.2.1", 110.0, Some("line 110"))
+                ]
+            );
+            assert_eq!(st.bans.len(), 1);
+            store.send(StoreCmd::Stop).expect("stop");
+        });
+        thread.join().expect("store thread");
+    }
 }
