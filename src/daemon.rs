@@ -12,6 +12,7 @@ use crate::control::{self, ControlError, Incoming, Request, Response};
 use crate::filter::Filter;
 use crate::firewall::{build_actions, ActionRunner};
 use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus, Matcher};
+use crate::source::syslog::SyslogHub;
 use crate::source::{self, file::FileSource, journal::JournalSource};
 use crate::store::BanRecord;
 use crate::store::{Store, StoreCmd, StoreError};
@@ -29,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] DaemonConfigError),
+    #[error(transparent)]
+    Syslog(#[from] crate::source::syslog::SyslogError),
     #[error(transparent)]
     Jails(#[from] JailsError),
     #[error(transparent)]
@@ -132,6 +135,8 @@ struct Daemon {
     root: CancellationToken,
     jails: IndexMap<String, RunningJail>,
     skipped: Vec<String>,
+    /// The syslog receiver, if `[syslog] listen` names any listener.
+    syslog: Option<SyslogHub>,
 }
 
 /// A jail ready to start: its configuration and compiled filter.
@@ -172,7 +177,10 @@ fn expand_logpaths(cfg: &JailConfig) -> Vec<String> {
 impl Daemon {
     async fn start_jail(&mut self, cfg: JailConfig, filter: Arc<Filter>) -> Result<(), String> {
         let name = cfg.name.clone();
-        if !cfg.backend.is_journal() && expand_logpaths(&cfg).is_empty() {
+        if matches!(cfg.backend, Backend::Syslog(_)) && self.syslog.is_none() {
+            return Err(format!("jail '{name}' skipped: backend = syslog, but banhammer.conf has no [syslog] listen = ... to receive messages"));
+        }
+        if cfg.backend.reads_files() && expand_logpaths(&cfg).is_empty() {
             let paths: Vec<&str> = cfg.logpaths.iter().map(|l| l.pattern.as_str()).collect();
             return Err(format!("jail '{name}' skipped: no log file found for logpath {} (is the service logging there?)", paths.join(", ")));
         }
@@ -223,6 +231,14 @@ impl Daemon {
                 .map_err(|e| format!("jail '{name}': {e}"))?;
                 threads.push(t);
             }
+            Backend::Syslog(selector) => {
+                if let Some(hub) = &self.syslog {
+                    let t = hub
+                        .add_jail(&name, selector, matcher.clone(), tx.clone())
+                        .map_err(|e| e.to_string())?;
+                    threads.push(t);
+                }
+            }
             backend => {
                 for lp in &cfg.logpaths {
                     let src = FileSource {
@@ -261,6 +277,9 @@ impl Daemon {
         let Some(j) = self.jails.shift_remove(name) else {
             return;
         };
+        if let Some(hub) = &self.syslog {
+            hub.remove_jail(name);
+        }
         j.cancel.cancel();
         let _ = j.task.await;
         let threads = j.threads;
@@ -364,6 +383,12 @@ impl Daemon {
                     }
                 }
                 let skipped = self.skipped.clone();
+                let syslog = self.syslog.as_ref().map(|h| {
+                    serde_json::json!({
+                        "listen": h.bound.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                        "counters": h.counts(),
+                    })
+                });
                 tokio::spawn(async move {
                     let all: Vec<JailStatus> = ask_all(senders, JailCmd::Status).await;
                     let v = match jail {
@@ -372,6 +397,7 @@ impl Daemon {
                             "version": env!("CARGO_PKG_VERSION"),
                             "jails": all,
                             "skipped": skipped,
+                            "syslog": syslog,
                         }),
                     };
                     let _ = reply.send(Response::ok(v));
@@ -520,13 +546,21 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
         root: root.clone(),
         jails: IndexMap::new(),
         skipped: Vec::new(),
+        syslog: (!dcfg.syslog.listen.is_empty())
+            .then(|| SyslogHub::new(&dcfg.syslog, root.child_token())),
     };
+    for w in &dcfg.warnings {
+        tracing::warn!("{w}");
+    }
     let (prepared, problems) = prepare(&config_dir)?;
     for p in problems {
         tracing::error!("{p}");
         d.skipped.push(p);
     }
     d.start_all(prepared).await;
+    if let Some(hub) = d.syslog.as_mut() {
+        hub.listen().await?;
+    }
     if d.jails.is_empty() {
         tracing::warn!("no jail is running; waiting for a reload with a working configuration");
     }
@@ -556,6 +590,9 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("Shutdown in progress...");
+    if let Some(hub) = d.syslog.take() {
+        hub.stop().await;
+    }
     let names: Vec<String> = d.jails.keys().cloned().collect();
     for n in names {
         d.stop_jail(&n).await;

@@ -17,6 +17,8 @@ pub enum DaemonConfigError {
         value: String,
         msg: String,
     },
+    #[error("{file}: {msg}")]
+    Section { file: String, msg: String },
 }
 
 /// Where the daemon's own log goes.
@@ -73,6 +75,10 @@ pub struct DaemonConfig {
     pub dbpurgeage: f64,
     /// Evidence lines kept per ban.
     pub dbmaxmatches: usize,
+    /// `[syslog]`: the syslog receiver.
+    pub syslog: super::syslog::SyslogConfig,
+    /// Unknown keys and the like, to log.
+    pub warnings: Vec<String>,
     /// Everything read, for the sections other subsystems own.
     pub raw: Config,
 }
@@ -145,8 +151,17 @@ impl DaemonConfig {
                 .map_err(|_| bad("dbmaxmatches", &v, "must be a whole number"))?,
             None => 10,
         };
+        let mut warnings = Vec::new();
+        let syslog = super::syslog::SyslogConfig::read(&raw, &mut warnings).map_err(|msg| {
+            DaemonConfigError::Section {
+                file: file.clone(),
+                msg,
+            }
+        })?;
         Ok(DaemonConfig {
             config_dir: dir.to_path_buf(),
+            syslog,
+            warnings,
             loglevel,
             logtarget,
             socket: path_or("socket", DEFAULT_SOCKET)?,

@@ -34,11 +34,16 @@ pub enum Backend {
         /// `journalflags=`: sd_journal_open flags (0: local system journal).
         flags: Option<i32>,
     },
+    /// Messages from the syslog receiver (`[syslog]` in banhammer.conf),
+    /// `syslog[app="sshd", facility="auth authpriv", host="10.0.0.0/8 web*"]`.
+    Syslog(crate::source::syslog::Selector),
 }
 
 impl Backend {
-    pub fn is_journal(&self) -> bool {
-        matches!(self, Backend::Systemd { .. })
+    /// Reads `logpath` files (else journal entries or syslog messages,
+    /// which filters see in the journal's line form).
+    pub fn reads_files(&self) -> bool {
+        matches!(self, Backend::Auto | Backend::Polling | Backend::Inotify)
     }
 }
 
@@ -197,11 +202,44 @@ fn parse_backend(v: &str) -> Result<Backend, String> {
                 None => None,
             },
         },
-        other => {
-            return Err(format!(
-                "unknown backend {other:?} (use auto, polling, inotify or systemd[...])"
-            ))
+        "syslog" => {
+            let list = |key: &str| -> Vec<String> {
+                spec.options
+                    .get(key)
+                    .map(|s| {
+                        s.split([' ', ',', '\n'])
+                            .map(str::trim)
+                            .filter(|w| !w.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            if let Some(k) = spec
+                .options
+                .keys()
+                .find(|k| !["app", "facility", "host"].contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "backend syslog: unknown selector {k:?} (use app, facility, host)"
+                ));
+            }
+            let facilities = list("facility")
+                .iter()
+                .map(|f| {
+                    crate::source::syslog::parse::facility_code(f)
+                        .ok_or_else(|| format!("backend syslog: unknown facility {f:?}"))
+                })
+                .collect::<Result<_, _>>()?;
+            Backend::Syslog(crate::source::syslog::Selector {
+                apps: list("app"),
+                facilities,
+                hosts: list("host"),
+            })
         }
+        other => return Err(format!(
+            "unknown backend {other:?} (use auto, polling, inotify, systemd[...] or syslog[...])"
+        )),
     })
 }
 
@@ -377,7 +415,7 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         .get("Definition")
         .is_some_and(|s| s.contains_key("logtype"));
     if !spec.options.contains_key("logtype") && !own_logtype {
-        let lt = if backend.is_journal() {
+        let lt = if !backend.reads_files() {
             "journal"
         } else {
             "file"
@@ -497,7 +535,7 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         Some(tz) => Some(crate::filter::date::parse_time_zone(tz).map_err(|e| e.to_string())?),
         None => None,
     };
-    let logpaths = if backend.is_journal() {
+    let logpaths = if !backend.reads_files() {
         Vec::new()
     } else {
         vars.get("logpath")
@@ -523,9 +561,9 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
             })
             .unwrap_or_default()
     };
-    if !backend.is_journal() && logpaths.is_empty() {
+    if backend.reads_files() && logpaths.is_empty() {
         return Err(format!(
-            "no logpath set (or use backend = systemd){}",
+            "no logpath set (or use backend = systemd or syslog){}",
             at("enabled", cfg)
         ));
     }

@@ -147,6 +147,17 @@ pub fn render(req: &Request, v: &Value) -> String {
                 ],
                 &rows,
             ));
+            if let Some(sys) = v.get("syslog").filter(|x| !x.is_null()) {
+                out.push_str(&format!(
+                    "\nsyslog: listening on {}\n",
+                    list(&sys["listen"])
+                ));
+                if let Some(c) = sys["counters"].as_object() {
+                    let rows: Vec<Vec<String>> =
+                        c.iter().map(|(k, n)| vec![k.clone(), s(n)]).collect();
+                    out.push_str(&table(&["COUNTER", "VALUE"], &rows));
+                }
+            }
             if let Some(skipped) = v
                 .get("skipped")
                 .and_then(Value::as_array)
@@ -186,6 +197,21 @@ pub fn render(req: &Request, v: &Value) -> String {
                     "Banned    {}\n",
                     b.iter().map(s).collect::<Vec<_>>().join(" ")
                 ));
+            }
+            if let Some(senders) = v["senders"].as_array().filter(|a| !a.is_empty()) {
+                let rows: Vec<Vec<String>> = senders
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            x["host"].as_str().unwrap_or("-").to_string(),
+                            s(&x["peer"]),
+                            s(&x["failures"]),
+                            local_time(x["last"].as_f64().unwrap_or(0.0)),
+                        ]
+                    })
+                    .collect();
+                out.push_str("\nSyslog senders with failures:\n");
+                out.push_str(&table(&["HOST", "PEER", "FAILURES", "LAST"], &rows));
             }
             out
         }

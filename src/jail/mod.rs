@@ -38,6 +38,16 @@ pub struct Line {
     /// False while a source catches up on what was written before the
     /// daemon started: old failures then do not count.
     pub live: bool,
+    /// Who sent it (syslog).
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// The sender of a syslog message: the header's host name and the peer
+/// address it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Origin {
+    pub host: Option<String>,
+    pub peer: IpAddr,
 }
 
 /// Where a source stands after a chunk.
@@ -54,10 +64,11 @@ pub struct Found {
     pub line: Arc<str>,
     /// See [`Line::live`].
     pub live: bool,
+    pub origin: Option<Arc<Origin>>,
 }
 
 impl Found {
-    fn new(f: Failure, live: bool) -> Option<Found> {
+    fn new(f: Failure, from: &Line) -> Option<Found> {
         let line: Arc<str> = match f.data.matches.as_slice() {
             [one] => one.full().into(),
             many => many
@@ -71,7 +82,8 @@ impl Found {
             fid: f.fid?,
             time: f.time,
             line,
-            live,
+            live: from.live,
+            origin: from.origin.clone(),
         })
     }
 }
@@ -109,7 +121,7 @@ impl Matcher {
                 found
                     .into_iter()
                     .filter(|f| !f.is_nofail())
-                    .filter_map(|f| Found::new(f, line.live)),
+                    .filter_map(|f| Found::new(f, line)),
             );
         }
         out
@@ -158,7 +170,22 @@ pub struct JailStatus {
     pub currently_banned: usize,
     pub total_banned: u64,
     pub banned: Vec<String>,
+    /// Syslog senders whose messages had failures, most recent first.
+    pub senders: Vec<SenderStatus>,
 }
+
+/// Failures from one syslog sender.
+#[derive(Debug, Clone, Serialize)]
+pub struct SenderStatus {
+    pub host: Option<String>,
+    pub peer: IpAddr,
+    pub failures: u64,
+    /// Epoch seconds of the last failure.
+    pub last: f64,
+}
+
+/// Senders listed by `status JAIL` at most.
+const SENDERS_SHOWN: usize = 50;
 
 pub fn now() -> f64 {
     std::time::SystemTime::now()
@@ -221,6 +248,8 @@ pub struct Jail {
     warned_clock: bool,
     /// While a chunk is processed: its effects, recorded with its position.
     chunk: Option<Vec<ChunkOp>>,
+    /// Failures per syslog sender: (count, last time).
+    senders: HashMap<Arc<Origin>, (u64, f64)>,
 }
 
 impl Jail {
@@ -257,6 +286,7 @@ impl Jail {
             total_banned: 0,
             warned_clock: false,
             chunk: None,
+            senders: HashMap::new(),
         }
     }
 
@@ -368,6 +398,11 @@ impl Jail {
         // counted as Fail2Ban counts it, also when the address is banned
         // already (its lines still arrive until the firewall drops them)
         self.total_failed += 1;
+        if let Some(o) = &f.origin {
+            let e = self.senders.entry(o.clone()).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 = time;
+        }
         if self.banned.contains_key(&key) || self.pending.contains(&key) {
             return;
         }
@@ -379,12 +414,14 @@ impl Jail {
                 ip: text,
                 time,
                 line: line.clone(),
+                origin: f.origin.clone(),
             }),
             None => self.store_send(StoreCmd::Failure {
                 jail: self.cfg.name.clone(),
                 ip: text,
                 time,
                 line: line.clone(),
+                origin: f.origin.clone(),
             }),
         }
         let n = self
@@ -501,6 +538,18 @@ impl Jail {
                 let mut banned: Vec<String> =
                     self.banned.values().map(|a| a.rec.ip.clone()).collect();
                 banned.sort();
+                let mut senders: Vec<SenderStatus> = self
+                    .senders
+                    .iter()
+                    .map(|(o, &(failures, last))| SenderStatus {
+                        host: o.host.clone(),
+                        peer: o.peer,
+                        failures,
+                        last,
+                    })
+                    .collect();
+                senders.sort_by(|a, b| b.last.total_cmp(&a.last));
+                senders.truncate(SENDERS_SHOWN);
                 let _ = reply.send(JailStatus {
                     name: self.cfg.name.clone(),
                     filter: self.filter.name().to_string(),
@@ -512,6 +561,7 @@ impl Jail {
                     currently_banned: self.banned.len(),
                     total_banned: self.total_banned,
                     banned,
+                    senders,
                 });
             }
             JailCmd::Ban { ips, reply } => {

@@ -85,6 +85,17 @@ impl Tracked {
         })
     }
 
+    /// Whether the file was truncated and written again past our offset
+    /// before we looked (copytruncate under load): its size moved and its
+    /// first line is no longer the one we fingerprinted.
+    fn rewritten(&mut self, len: u64) -> bool {
+        if len == self.offset || self.fingerprint.is_empty() {
+            return false;
+        }
+        let now = fingerprint(&mut self.file);
+        !now.is_empty() && now != self.fingerprint
+    }
+
     fn position(&self) -> Position {
         Position {
             inode: self.inode,
@@ -234,6 +245,7 @@ impl Runner<'_> {
                     text,
                     time: None,
                     live,
+                    origin: None,
                 })
                 .collect();
             (self.events)(SourceEvent::Chunk {
@@ -335,7 +347,7 @@ impl FileSource {
                             Err(_) => continue,
                         }
                     }
-                    Ok(m) if m.len() < t.offset => {
+                    Ok(m) if m.len() < t.offset || t.rewritten(m.len()) => {
                         // truncated in place (copytruncate): the lines written
                         // after our position went into the copy
                         let before = t.position();

@@ -167,6 +167,7 @@ impl JournalSource {
                             text: format_entry(&e),
                             time: Some(time),
                             live,
+                            origin: None,
                         });
                         last_cursor = cursor;
                     }

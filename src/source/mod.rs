@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod journal;
+pub mod syslog;
 
 use crate::jail::{Checkpoint, JailMsg, Line, Matcher};
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 
 mod schema;
 
+use crate::jail::Origin;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -93,6 +94,7 @@ pub enum ChunkOp {
         ip: String,
         time: f64,
         line: Arc<str>,
+        origin: Option<Arc<Origin>>,
     },
     Ban {
         req: BanRequest,
@@ -121,6 +123,7 @@ pub enum StoreCmd {
         ip: String,
         time: f64,
         line: Arc<str>,
+        origin: Option<Arc<Origin>>,
     },
     Position {
         jail: String,
@@ -326,7 +329,7 @@ impl Worker {
                     let mut bans = Vec::new();
                     for op in ops {
                         match op {
-                            ChunkOp::Failure { ip, time, line } => insert_failure(&tx, jail, ip, *time, line)?,
+                            ChunkOp::Failure { ip, time, line, origin } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
                             ChunkOp::Ban { req, .. } => bans.push(record_ban(&tx, req)?),
                         }
                     }
@@ -337,8 +340,8 @@ impl Worker {
                     }
                     Some(Outcome::Bans(bans))
                 }
-                StoreCmd::Failure { jail, ip, time, line } => {
-                    insert_failure(&tx, jail, ip, *time, line)?;
+                StoreCmd::Failure { jail, ip, time, line, origin } => {
+                    insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?;
                     None
                 }
                 StoreCmd::Position { jail, path, pos } => {
@@ -397,9 +400,19 @@ fn insert_failure(
     ip: &str,
     time: f64,
     line: &str,
+    origin: Option<&Origin>,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO failures (jail, ip, time, line) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![jail, ip, time, truncate(line, 2000)])?;
+    tx.prepare_cached(
+        "INSERT INTO failures (jail, ip, time, line, host, peer) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        jail,
+        ip,
+        time,
+        truncate(line, 2000),
+        origin.and_then(|o| o.host.as_deref()),
+        origin.map(|o| o.peer.to_string())
+    ])?;
     Ok(())
 }
 
@@ -586,6 +599,7 @@ mod tests {
             ip: ip.into(),
             time,
             line: format!("line {time}").into(),
+            origin: None,
         }
     }
 

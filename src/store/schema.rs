@@ -44,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     // so nothing looks failures up by address: one index less to update
     // at random places on every failure
     "DROP INDEX failures_jail_ip",
+    // 3: who sent a failure that came by syslog (header host, peer address)
+    "ALTER TABLE failures ADD COLUMN host TEXT; ALTER TABLE failures ADD COLUMN peer TEXT",
 ];
 
 /// Brings the database to the current schema.
