@@ -10,7 +10,8 @@ use crate::config::daemon::{DaemonConfig, DaemonConfigError};
 use crate::config::jail::{Backend, JailConfig, Jails, JailsError};
 use crate::control::{self, ControlError, Incoming, Request, Response};
 use crate::filter::Filter;
-use crate::firewall::{build_actions, ActionRunner};
+use crate::firewall::nft::{self, Firewall, FwCmd};
+use crate::firewall::{build_actions, is_nftables, ActionEnv, ActionRunner};
 use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus, Matcher};
 use crate::source::syslog::SyslogHub;
 use crate::source::{self, file::FileSource, journal::JournalSource};
@@ -40,6 +41,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Log(#[from] crate::logging::LogError),
+    #[error(transparent)]
+    Web(#[from] crate::web::ListenError),
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
 }
@@ -124,6 +127,8 @@ impl Drop for PidFile {
 
 struct RunningJail {
     tx: mpsc::Sender<JailMsg>,
+    /// Runs an nftables action.
+    nft: bool,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -137,6 +142,12 @@ struct Daemon {
     skipped: Vec<String>,
     /// The syslog receiver, if `[syslog] listen` names any listener.
     syslog: Option<SyslogHub>,
+    firewall: Firewall,
+    actions: ActionEnv,
+    /// The running jails, for the web pages.
+    directory: crate::jail::JailDirectory,
+    /// Set by `stop --flush`.
+    flush_on_exit: bool,
 }
 
 /// A jail ready to start: its configuration and compiled filter.
@@ -189,8 +200,8 @@ impl Daemon {
             .load(&name, cfg.findtime, now())
             .await
             .map_err(|e| format!("jail '{name}' skipped: {e}"))?;
-        let names: Vec<String> = cfg.actions.iter().map(|a| a.name.clone()).collect();
-        let (actions, warnings) = build_actions(&name, &names);
+        let (actions, warnings) = build_actions(&cfg, &self.actions)
+            .map_err(|e| format!("jail '{name}' skipped: {e}"))?;
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -260,10 +271,12 @@ impl Daemon {
                 }
             }
         }
+        self.directory.set(&name, tx.clone());
         tracing::info!(jail = %name, "Jail started");
         self.jails.insert(
             name,
             RunningJail {
+                nft: cfg.actions.iter().any(|a| is_nftables(&a.name)),
                 tx,
                 cancel,
                 task,
@@ -277,6 +290,7 @@ impl Daemon {
         let Some(j) = self.jails.shift_remove(name) else {
             return;
         };
+        self.directory.remove(name);
         if let Some(hub) = &self.syslog {
             hub.remove_jail(name);
         }
@@ -294,12 +308,32 @@ impl Daemon {
     }
 
     async fn start_all(&mut self, prepared: Vec<Prepared>) {
+        // the firewall collects every jail's restored bans and writes the
+        // table once, when all of them are in
+        self.firewall.send(FwCmd::Hold);
+        let mut started = Vec::new();
         for (cfg, filter) in prepared {
-            if let Err(msg) = self.start_jail(cfg, filter).await {
-                tracing::error!("{msg}");
-                self.skipped.push(msg);
+            let uses_nft = cfg.actions.iter().any(|a| is_nftables(&a.name));
+            let name = cfg.name.clone();
+            match self.start_jail(cfg, filter).await {
+                Ok(()) if uses_nft => started.push(name),
+                Ok(()) => {}
+                Err(msg) => {
+                    tracing::error!("{msg}");
+                    self.skipped.push(msg);
+                }
             }
         }
+        self.firewall.send(FwCmd::Expect(started));
+    }
+
+    /// The jails (by name) that run an nftables action.
+    fn nft_jails(&self) -> Vec<String> {
+        self.jails
+            .iter()
+            .filter(|(_, j)| j.nft)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Rebuilds the configuration; swaps it in only if every jail is good.
@@ -323,12 +357,16 @@ impl Daemon {
                 let Some((cfg, filter)) = prepared.into_iter().find(|(c, _)| c.name == name) else {
                     return Err(format!("no enabled jail '{name}' in the configuration"));
                 };
+                self.firewall.send(FwCmd::Hold);
                 self.stop_jail(&name).await;
                 self.skipped.retain(|s| !s.contains(&format!("'{name}'")));
-                self.start_jail(cfg, filter).await?;
+                let r = self.start_jail(cfg, filter).await;
+                self.firewall.send(FwCmd::Expect(self.nft_jails()));
+                r?;
                 Ok(format!("jail '{name}' reloaded"))
             }
             None => {
+                self.firewall.send(FwCmd::Hold);
                 let names: Vec<String> = self.jails.keys().cloned().collect();
                 for n in names {
                     self.stop_jail(&n).await;
@@ -353,8 +391,13 @@ impl Daemon {
             Request::Ping => {
                 let _ = reply.send(Response::ok(serde_json::json!("pong")));
             }
-            Request::Stop => {
-                let _ = reply.send(Response::ok(serde_json::json!("stopping")));
+            Request::Stop { flush } => {
+                self.flush_on_exit = flush;
+                let _ = reply.send(Response::ok(serde_json::json!(if flush {
+                    "stopping; the firewall table will be removed"
+                } else {
+                    "stopping"
+                })));
                 return false;
             }
             Request::Reload { jail } => {
@@ -540,7 +583,22 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
 
     tracing::info!(config = %config_dir.display(), db = %crate::store::describe(dcfg.dbfile.as_ref()), socket = %dcfg.socket.display(), "Starting banhammer {}", env!("CARGO_PKG_VERSION"));
+    let (firewall, fw_thread) = Firewall::spawn(nft::NftSettings {
+        nft: dcfg.firewall.nft.clone(),
+        redirect: dcfg.web.banpage_listen.map(|a| nft::Redirect {
+            ports: dcfg.web.banpage_ports.clone(),
+            to: a.port(),
+        }),
+    })
+    .map_err(io("the nftables thread"))?;
     let mut d = Daemon {
+        firewall: firewall.clone(),
+        actions: ActionEnv {
+            config_dir: config_dir.clone(),
+            firewall: Some(firewall.clone()),
+        },
+        flush_on_exit: false,
+        directory: crate::jail::JailDirectory::default(),
         config_dir: config_dir.clone(),
         store: store.clone(),
         root: root.clone(),
@@ -560,6 +618,21 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     d.start_all(prepared).await;
     if let Some(hub) = d.syslog.as_mut() {
         hub.listen().await?;
+    }
+    let mut web_tasks = Vec::new();
+    if let Some(addr) = dcfg.web.banpage_listen {
+        let state = crate::web::WebState {
+            jails: d.directory.clone(),
+            cfg: Arc::new(dcfg.web.clone()),
+        };
+        let (_, t) = crate::web::serve(
+            addr,
+            "ban page",
+            crate::web::banpage::router(state),
+            root.child_token(),
+        )
+        .await?;
+        web_tasks.push(t);
     }
     if d.jails.is_empty() {
         tracing::warn!("no jail is running; waiting for a reload with a working configuration");
@@ -597,8 +670,21 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     for n in names {
         d.stop_jail(&n).await;
     }
+    if d.flush_on_exit {
+        let fw = d.firewall.clone();
+        match tokio::task::spawn_blocking(move || fw.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("stop --flush: {e}"),
+            Err(e) => tracing::error!("stop --flush: {e}"),
+        }
+    }
+    d.firewall.send(FwCmd::Stop);
+    let _ = tokio::task::spawn_blocking(move || fw_thread.join()).await;
     root.cancel();
     let _ = control_task.await;
+    for t in web_tasks {
+        let _ = t.await;
+    }
     let _ = store.flush().await;
     let _ = store.send(StoreCmd::Stop);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;

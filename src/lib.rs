@@ -3,10 +3,11 @@
 //! Crate map:
 //! - [`config`]: Fail2Ban's INI dialect, `NAME[opts]` references, daemon and jail settings.
 //! - [`filter`]: the filter engine (regex translation, date detection, multi-line state).
-//! - [`source`]: where lines come from (log files, the systemd journal).
+//! - [`source`]: where lines come from (log files, the systemd journal, syslog).
 //! - [`jail`]: failure windows, ban policy, the jail task.
 //! - [`store`]: SQLite state (failures, bans, positions), owned by one thread.
-//! - [`firewall`]: the action interface and the actions that enforce bans.
+//! - [`firewall`]: the action interface, native nftables, the actions that enforce bans.
+//! - [`web`]: the ban page (and, later, the admin view and API).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`daemon`]: starting, reloading and stopping everything.
 //! - [`logging`]: the daemon's log in Fail2Ban's format.
@@ -22,3 +23,4 @@ pub mod jail;
 pub mod logging;
 pub mod source;
 pub mod store;
+pub mod web;

@@ -57,8 +57,12 @@ enum Command {
     Reload { jail: Option<String> },
     /// Check that the daemon answers.
     Ping,
-    /// Stop the daemon.
-    Stop,
+    /// Stop the daemon (bans stay in the firewall and expire on time).
+    Stop {
+        /// Also remove banhammer's firewall table: every ban stops working.
+        #[arg(long)]
+        flush: bool,
+    },
     /// Run one filter over a log file and print one JSON object per line
     /// (the conformance interface, see CONTRACT.md).
     TestFilter {
@@ -178,7 +182,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Reload { ref jail } => client(&cli, Request::Reload { jail: jail.clone() })?,
         Command::Ping => client(&cli, Request::Ping)?,
-        Command::Stop => client(&cli, Request::Stop)?,
+        Command::Stop { flush } => client(&cli, Request::Stop { flush })?,
         Command::TestFilter {
             filter_dir,
             json,

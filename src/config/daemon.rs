@@ -77,6 +77,10 @@ pub struct DaemonConfig {
     pub dbmaxmatches: usize,
     /// `[syslog]`: the syslog receiver.
     pub syslog: super::syslog::SyslogConfig,
+    /// `[web]`: the ban page, the admin view and the API.
+    pub web: super::web::WebConfig,
+    /// `[firewall]`: the nftables backend.
+    pub firewall: super::web::FirewallConfig,
     /// Unknown keys and the like, to log.
     pub warnings: Vec<String>,
     /// Everything read, for the sections other subsystems own.
@@ -158,9 +162,17 @@ impl DaemonConfig {
                 msg,
             }
         })?;
+        let section = |msg: String| DaemonConfigError::Section {
+            file: file.clone(),
+            msg,
+        };
+        let web = super::web::WebConfig::read(&raw, &mut warnings).map_err(section)?;
+        let firewall = super::web::FirewallConfig::read(&raw, &mut warnings).map_err(section)?;
         Ok(DaemonConfig {
             config_dir: dir.to_path_buf(),
             syslog,
+            web,
+            firewall,
             warnings,
             loglevel,
             logtarget,

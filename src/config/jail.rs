@@ -91,6 +91,9 @@ pub struct JailConfig {
     pub ipv6prefix: u8,
     /// `action =` references, kept for the action layer.
     pub actions: Vec<NamedOptions>,
+    /// The jail's own option values (and `[DEFAULT]`'s), interpolated: the
+    /// values actions fall back to for their tags (`port`, `protocol`, ...).
+    pub vars: IndexMap<String, String>,
     pub description: Option<String>,
     pub origin: Option<Origin>,
 }
@@ -237,9 +240,11 @@ fn parse_backend(v: &str) -> Result<Backend, String> {
                 hosts: list("host"),
             })
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown backend {other:?} (use auto, polling, inotify, systemd[...] or syslog[...])"
-        )),
+        ))
+        }
     })
 }
 
@@ -578,8 +583,22 @@ fn read_jail(cfg: &mut Config, dir: &Path, name: &str) -> Result<JailConfig, Str
         })
         .transpose()?
         .unwrap_or_default();
+    let mut jail_vars = IndexMap::new();
+    let keys: Vec<String> = cfg
+        .defaults
+        .keys()
+        .cloned()
+        .chain(cfg.own_options(name))
+        .collect();
+    for key in keys {
+        // a value that does not interpolate is reported where it is used
+        if let Ok(Some(v)) = get(cfg, &key) {
+            jail_vars.insert(key, v);
+        }
+    }
     Ok(JailConfig {
         name: name.to_string(),
+        vars: jail_vars,
         filter,
         backend,
         logpaths,

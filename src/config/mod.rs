@@ -1,6 +1,7 @@
 //! Configuration: the INI dialect shared by all files, `NAME[opts]`
 //! references, time spans, and the readers that give options their meaning
-//! (daemon settings in `banhammer.conf` with its `[syslog]` section, jails
+//! (daemon settings in `banhammer.conf` with its `[syslog]`, `[web]` and
+//! `[firewall]` sections, jails
 //! in `jail.conf` and friends).
 
 pub mod daemon;
@@ -9,3 +10,4 @@ pub mod ini;
 pub mod jail;
 pub mod options;
 pub mod syslog;
+pub mod web;

@@ -253,7 +253,7 @@ pub fn render(req: &Request, v: &Value) -> String {
         }
         Request::Reload { .. } => format!("{}\n", s(v)),
         Request::Ping => "pong\n".into(),
-        Request::Stop => "stopping\n".into(),
+        Request::Stop { .. } => "stopping\n".into(),
     }
 }
 

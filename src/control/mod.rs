@@ -39,7 +39,11 @@ pub enum Request {
         #[serde(default)]
         jail: Option<String>,
     },
-    Stop,
+    Stop {
+        /// Also remove the firewall table (bans stop working).
+        #[serde(default)]
+        flush: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

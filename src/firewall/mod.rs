@@ -1,10 +1,16 @@
 //! Enforcement: the actions a jail runs when it bans and unbans.
 //!
-//! Owns the action interface every backend implements (nftables and
-//! command actions plug in here in the firewall issue) and the runner
-//! thread that feeds a jail's actions in order. A failing action is logged
-//! and does not affect the ban, which is already in the database.
+//! Owns the action interface every backend implements, the mapping from a
+//! jail's `action =` names to backends (native nftables for Fail2Ban's
+//! nftables names, the built-in `log` and `dummy`, Fail2Ban command actions
+//! from `action.d/`), and the runner thread that feeds a jail's actions in
+//! order. A failing action is logged and does not affect the ban, which is
+//! already in the database.
 
+pub mod nft;
+
+use crate::config::jail::JailConfig;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -30,6 +36,10 @@ pub trait Action: Send {
     /// Called for bans restored from the database at start.
     fn restore(&mut self, ban: &BanInfo) -> Result<(), ActionError> {
         self.ban(ban)
+    }
+    /// Called once every restored ban has been passed to [`Self::restore`].
+    fn restored(&mut self) -> Result<(), ActionError> {
+        Ok(())
     }
     fn stop(&mut self) -> Result<(), ActionError> {
         Ok(())
@@ -74,14 +84,53 @@ impl Action for DummyAction {
     }
 }
 
-/// Builds the actions a jail names; names without a backend yet fall back
-/// to `log` (returned as warnings).
-pub fn build_actions(jail: &str, names: &[String]) -> (Vec<Box<dyn Action>>, Vec<String>) {
+/// What actions need from the daemon.
+#[derive(Clone, Default)]
+pub struct ActionEnv {
+    /// The configuration directory (its `action.d/`).
+    pub config_dir: PathBuf,
+    /// The nftables owner thread.
+    pub firewall: Option<nft::Firewall>,
+}
+
+/// An action option: the `NAME[key=value]` option, else the jail's own
+/// value, else the action's default (Fail2Ban's `[Init]`).
+fn option<'a>(
+    opts: &'a crate::config::options::NamedOptions,
+    jail: &'a JailConfig,
+    key: &str,
+    default: &'a str,
+) -> &'a str {
+    opts.options
+        .get(key)
+        .or_else(|| jail.vars.get(key))
+        .map(String::as_str)
+        .unwrap_or(default)
+}
+
+/// Whether a name is one of Fail2Ban's nftables actions.
+pub fn is_nftables(name: &str) -> bool {
+    matches!(
+        name,
+        "nftables" | "nftables-multiport" | "nftables-allports" | "nftables-common"
+    )
+}
+
+/// Builds the actions a jail names. An action that cannot work as
+/// configured (bad options) is an error: the jail is skipped, as with a
+/// bad filter, rather than run without the protection it asks for.
+pub fn build_actions(
+    cfg: &JailConfig,
+    env: &ActionEnv,
+) -> Result<(Vec<Box<dyn Action>>, Vec<String>), String> {
+    let jail = cfg.name.as_str();
     let mut out: Vec<Box<dyn Action>> = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let mut logged = false;
-    for n in names {
-        match n.as_str() {
+    let mut nft_seen = false;
+    for a in &cfg.actions {
+        let name = a.name.as_str();
+        match name {
             "dummy" => out.push(Box::new(DummyAction)),
             "log" => {
                 if !logged {
@@ -91,16 +140,35 @@ pub fn build_actions(jail: &str, names: &[String]) -> (Vec<Box<dyn Action>>, Vec
                     logged = true;
                 }
             }
-            other => {
-                warnings.push(format!(
-                    "jail '{jail}': action '{other}' has no backend in this version; bans are recorded and logged only"
-                ));
-                if !logged {
-                    out.push(Box::new(LogAction {
-                        jail: jail.to_string(),
-                    }));
-                    logged = true;
+            n if is_nftables(n) => {
+                let Some(fw) = &env.firewall else {
+                    return Err(format!("action '{n}': the nftables backend is not running"));
+                };
+                if nft_seen {
+                    return Err(format!(
+                        "action '{n}': one nftables action per jail (list several ports in one: port=\"ssh,2222\")"
+                    ));
                 }
+                nft_seen = true;
+                let kind = match n {
+                    "nftables-allports" => "allports",
+                    "nftables-multiport" => "multiport",
+                    _ => option(a, cfg, "type", "multiport"),
+                };
+                let rules = nft::JailRules::new(
+                    jail,
+                    kind,
+                    option(a, cfg, "port", "ssh"),
+                    option(a, cfg, "protocol", "tcp"),
+                    option(a, cfg, "blocktype", "reject"),
+                )
+                .map_err(|e| format!("action '{n}': {e}"))?;
+                out.push(Box::new(nft::NftAction::new(rules, fw.clone())));
+            }
+            other => {
+                return Err(format!(
+                    "action '{other}': no such action (built in: nftables, nftables-multiport, nftables-allports, log, dummy)"
+                ))
             }
         }
     }
@@ -109,12 +177,14 @@ pub fn build_actions(jail: &str, names: &[String]) -> (Vec<Box<dyn Action>>, Vec
             jail: jail.to_string(),
         }));
     }
-    (out, warnings)
+    Ok((out, warnings))
 }
 
 pub enum ActionEvent {
     Ban(Arc<BanInfo>),
     Restore(Arc<BanInfo>),
+    /// Every restored ban has been sent.
+    Restored,
     Unban(Arc<BanInfo>),
     Stop,
 }
@@ -145,6 +215,14 @@ impl ActionRunner {
                         ActionEvent::Ban(i) => (i, 0),
                         ActionEvent::Restore(i) => (i, 1),
                         ActionEvent::Unban(i) => (i, 2),
+                        ActionEvent::Restored => {
+                            for a in &mut actions {
+                                if let Err(e) = a.restored() {
+                                    tracing::error!(jail = %name, "{e}");
+                                }
+                            }
+                            continue;
+                        }
                         ActionEvent::Stop => break,
                     };
                     for a in &mut actions {

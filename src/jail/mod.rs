@@ -140,6 +140,66 @@ pub enum JailCmd {
         reply: oneshot::Sender<Vec<String>>,
     },
     Banned(oneshot::Sender<Vec<BanRecord>>),
+    /// The active ban covering one address, if any (the ban page).
+    Lookup {
+        ip: IpAddr,
+        reply: oneshot::Sender<Option<BanDetail>>,
+    },
+}
+
+/// A ban with what a visitor may be told about the jail that made it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BanDetail {
+    pub ban: BanRecord,
+    pub findtime: f64,
+    pub maxretry: u32,
+    pub description: Option<String>,
+    pub filter: String,
+}
+
+/// The running jails, for those who ask them questions outside the main
+/// loop (the web pages). The daemon updates it as jails start and stop;
+/// readers copy the senders out and never hold the lock across `.await`.
+#[derive(Clone, Default)]
+pub struct JailDirectory {
+    jails: Arc<std::sync::RwLock<Vec<(String, mpsc::Sender<JailMsg>)>>>,
+}
+
+impl JailDirectory {
+    pub fn set(&self, name: &str, tx: mpsc::Sender<JailMsg>) {
+        let mut j = self.jails.write().unwrap_or_else(|p| p.into_inner());
+        j.retain(|(n, _)| n != name);
+        j.push((name.to_string(), tx));
+    }
+
+    pub fn remove(&self, name: &str) {
+        let mut j = self.jails.write().unwrap_or_else(|p| p.into_inner());
+        j.retain(|(n, _)| n != name);
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, mpsc::Sender<JailMsg>)> {
+        self.jails.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every active ban covering `ip`, from every jail.
+    pub async fn lookup(&self, ip: IpAddr) -> Vec<BanDetail> {
+        let mut out = Vec::new();
+        for (_, tx) in self.snapshot() {
+            let (r, rx) = oneshot::channel();
+            if tx
+                .send(JailMsg::Control(JailCmd::Lookup { ip, reply: r }))
+                .await
+                .is_ok()
+            {
+                if let Ok(Ok(Some(d))) =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), rx).await
+                {
+                    out.push(d);
+                }
+            }
+        }
+        out
+    }
 }
 
 pub enum JailMsg {
@@ -317,6 +377,7 @@ impl Jail {
             }
             self.banned.insert(key, Active { rec: b });
         }
+        self.actions.send(ActionEvent::Restored);
         let mut hot = Vec::new();
         for f in st.failures {
             let Some(key) = parse_key(&f.ip) else {
@@ -592,6 +653,22 @@ impl Jail {
                     .filter_map(|k| self.unban(k, now))
                     .collect();
                 let _ = reply.send(done);
+            }
+            JailCmd::Lookup { ip, reply } => {
+                let ip = ignore::canonical(ip);
+                let key = ban_key(ip, self.cfg.ipv6prefix);
+                let found = self
+                    .banned
+                    .get(&key)
+                    .or_else(|| self.banned.get(&IpNet::from(ip)))
+                    .map(|a| BanDetail {
+                        ban: a.rec.clone(),
+                        findtime: self.cfg.findtime,
+                        maxretry: self.cfg.maxretry,
+                        description: self.cfg.description.clone(),
+                        filter: self.filter.name().to_string(),
+                    });
+                let _ = reply.send(found);
             }
             JailCmd::Banned(reply) => {
                 let mut v: Vec<BanRecord> = self.banned.values().map(|a| a.rec.clone()).collect();
