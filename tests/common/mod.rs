@@ -2,6 +2,8 @@
 //! the real `banhammer` binary started on it, and its CLI.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,7 +81,20 @@ impl Setup {
     }
 
     pub fn start(&self) -> Daemon {
-        let child = Command::new(bin())
+        self.start_in(None)
+    }
+
+    /// Starts the daemon inside a network namespace (`ip netns exec`).
+    pub fn start_in(&self, netns: Option<&str>) -> Daemon {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args([
                 "--config-dir",
                 self.conf().to_str().unwrap(),
