@@ -1,6 +1,8 @@
 //! `banhammer run --config-dir` on Debian's stock Fail2Ban 1.0.2
 //! configuration (the package unpacked, not installed): enabled jails run,
-//! a jail whose log is missing is skipped with a clear message.
+//! a jail whose log is missing is skipped with a clear message. The stock
+//! jails' firewall action really runs, so the daemon runs inside a network
+//! namespace of the test's own.
 
 mod common;
 use common::*;
@@ -71,7 +73,8 @@ fn stock_fail2ban_configuration_runs() {
             nginx.display()
         ),
     );
-    let d = s.start();
+    let ns = common::netns::Netns::new("stock");
+    let d = s.start_in(Some(&ns.name));
     let st = d.ctl(&["status"]);
     let mut jails: Vec<&str> = st["jails"]
         .as_array()
@@ -103,10 +106,6 @@ fn stock_fail2ban_configuration_runs() {
     assert!(
         !log.contains("unknown option"),
         "the stock configuration has no unknown options: {log}"
-    );
-    assert!(
-        log.contains("action 'iptables-multiport' has no backend"),
-        "the stock action is reported: {log}"
     );
     d.stop();
 }

@@ -7,6 +7,7 @@
 //! order. A failing action is logged and does not affect the ban, which is
 //! already in the database.
 
+pub mod command;
 pub mod nft;
 
 use crate::config::jail::JailConfig;
@@ -130,7 +131,13 @@ pub fn build_actions(
     let mut nft_seen = false;
     for a in &cfg.actions {
         let name = a.name.as_str();
+        let action_dir = env.config_dir.join("action.d");
+        let has_file = |n: &str| !crate::config::ini::layered_files(&action_dir.join(n)).is_empty();
         match name {
+            // Fail2Ban's dummy.conf (it writes to a file) where there is one
+            "dummy" if has_file("dummy") => {
+                out.push(Box::new(command::CommandAction::load(&action_dir, a, cfg)?))
+            }
             "dummy" => out.push(Box::new(DummyAction)),
             "log" => {
                 if !logged {
@@ -165,9 +172,13 @@ pub fn build_actions(
                 .map_err(|e| format!("action '{n}': {e}"))?;
                 out.push(Box::new(nft::NftAction::new(rules, fw.clone())));
             }
+            other if has_file(other) => {
+                out.push(Box::new(command::CommandAction::load(&action_dir, a, cfg)?))
+            }
             other => {
                 return Err(format!(
-                    "action '{other}': no such action (built in: nftables, nftables-multiport, nftables-allports, log, dummy)"
+                    "action '{other}': no {other}.conf in {} (built in: nftables, nftables-multiport, nftables-allports, log, dummy)",
+                    action_dir.display()
                 ))
             }
         }

@@ -65,7 +65,24 @@ pub struct Found {
     /// See [`Line::live`].
     pub live: bool,
     pub origin: Option<Arc<Origin>>,
+    /// The filter's other captures (`user`, `alt_user`, custom `<F-*>`).
+    pub fields: Vec<(String, String)>,
 }
+
+/// Captures that are the failure's id or the filter's own bookkeeping, not
+/// data for `<F-*>` action tags.
+const INTERNAL_GROUPS: &[&str] = &[
+    "ip4",
+    "ip6",
+    "dns",
+    "fid",
+    "ip",
+    "mlfid",
+    "content",
+    "nofail",
+    "mlfforget",
+    "mlfgained",
+];
 
 impl Found {
     fn new(f: Failure, from: &Line) -> Option<Found> {
@@ -78,12 +95,20 @@ impl Found {
                 .join("\n")
                 .into(),
         };
+        let fields = f
+            .data
+            .groups
+            .iter()
+            .filter(|(k, _)| !INTERNAL_GROUPS.contains(k))
+            .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())))
+            .collect();
         Some(Found {
             fid: f.fid?,
             time: f.time,
             line,
             live: from.live,
             origin: from.origin.clone(),
+            fields,
         })
     }
 }
@@ -395,7 +420,7 @@ impl Jail {
             }
         }
         for (key, n) in hot {
-            self.start_ban(key, n, now);
+            self.start_ban(key, n, now, Vec::new());
         }
     }
 
@@ -489,7 +514,7 @@ impl Jail {
             .windows
             .add(key, time, line, self.cfg.findtime, self.cfg.maxretry);
         if n >= self.cfg.maxretry {
-            self.start_ban(key, n, now);
+            self.start_ban(key, n, now, f.fields);
         }
     }
 
@@ -508,7 +533,7 @@ impl Jail {
         Some(ip)
     }
 
-    fn start_ban(&mut self, key: IpNet, failures: u32, now: f64) {
+    fn start_ban(&mut self, key: IpNet, failures: u32, now: f64, fields: Vec<(String, String)>) {
         if self.banned.contains_key(&key) || !self.pending.insert(key) {
             return;
         }
@@ -520,6 +545,7 @@ impl Jail {
             start: now,
             failures,
             matches: evidence[skip..].iter().map(|f| f.1.to_string()).collect(),
+            fields,
             policy: self.policy.clone(),
         };
         let (reply, rx) = oneshot::channel();
@@ -633,7 +659,12 @@ impl Jail {
                     // a manual ban replaces an active one
                     self.banned.remove(&key);
                     self.pending.remove(&key);
-                    self.start_ban(key, self.windows.count(&key, now, self.cfg.findtime), now);
+                    self.start_ban(
+                        key,
+                        self.windows.count(&key, now, self.cfg.findtime),
+                        now,
+                        Vec::new(),
+                    );
                 }
                 let _ = reply.send(done);
             }

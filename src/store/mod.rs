@@ -53,6 +53,10 @@ pub struct BanRecord {
     pub ban_count: u32,
     pub failures: u32,
     pub matches: Vec<String>,
+    /// What the filter captured from the failure that caused the ban
+    /// (`user`, ...): Fail2Ban's `<F-*>` action tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
 }
 
 /// How long a new ban lasts (the jail's policy, evaluated by the store,
@@ -65,6 +69,8 @@ pub struct BanRequest {
     pub failures: u32,
     /// Evidence: the log lines of the failures, oldest first.
     pub matches: Vec<String>,
+    /// See [`BanRecord::fields`].
+    pub fields: Vec<(String, String)>,
     pub policy: crate::jail::BanPolicy,
 }
 
@@ -474,7 +480,7 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
     )?
     .execute(params![req.jail, req.ip, req.start])?;
     tx.prepare_cached(
-        "INSERT INTO bans (jail, ip, start, end, ban_count, failures, matches, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
+        "INSERT INTO bans (jail, ip, start, end, ban_count, failures, matches, active, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
     )?
     .execute(params![
         req.jail,
@@ -483,7 +489,9 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
         end,
         count,
         req.failures,
-        serde_json::to_string(&matches).unwrap_or_else(|_| "[]".into())
+        serde_json::to_string(&matches).unwrap_or_else(|_| "[]".into()),
+        (!req.fields.is_empty())
+            .then(|| serde_json::to_string(&req.fields).unwrap_or_default())
     ])?;
     let id = tx.last_insert_rowid();
     Ok(BanRecord {
@@ -495,6 +503,7 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
         ban_count: count as u32,
         failures: req.failures,
         matches,
+        fields: req.fields.clone(),
     })
 }
 
@@ -509,10 +518,14 @@ fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
         ban_count: r.get::<_, i64>(5)? as u32,
         failures: r.get::<_, i64>(6)? as u32,
         matches: serde_json::from_str(&matches).unwrap_or_default(),
+        fields: r
+            .get::<_, Option<String>>(8)?
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default(),
     })
 }
 
-const BAN_COLUMNS: &str = "id, jail, ip, start, end, ban_count, failures, matches";
+const BAN_COLUMNS: &str = "id, jail, ip, start, end, ban_count, failures, matches, fields";
 
 fn load_state(
     conn: &Connection,
@@ -629,6 +642,7 @@ mod tests {
                     start: 105.0,
                     failures: 2,
                     matches: vec!["line 100".into(), "line 101".into()],
+                    fields: Vec::new(),
                     policy,
                 })
                 .await

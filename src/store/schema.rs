@@ -46,6 +46,8 @@ const MIGRATIONS: &[&str] = &[
     "DROP INDEX failures_jail_ip",
     // 3: who sent a failure that came by syslog (header host, peer address)
     "ALTER TABLE failures ADD COLUMN host TEXT; ALTER TABLE failures ADD COLUMN peer TEXT",
+    // 4: what the filter captured from the failure behind a ban (user, ...)
+    "ALTER TABLE bans ADD COLUMN fields TEXT",
 ];
 
 /// Brings the database to the current schema.
