@@ -10,8 +10,11 @@ use crate::config::daemon::{DaemonConfig, DaemonConfigError};
 use crate::config::jail::{Backend, JailConfig, Jails, JailsError};
 use crate::control::{self, ControlError, Incoming, Request, Response};
 use crate::filter::Filter;
-use crate::firewall::nft::{self, Firewall, FwCmd};
-use crate::firewall::{build_actions, is_nftables, ActionEnv, ActionRunner};
+use crate::firewall::table::{Firewall, FwCmd, Redirect};
+use crate::firewall::{
+    build_actions, ipset::IpsetKernel, is_iptables, is_nftables, nft::NftKernel, ActionEnv,
+    ActionRunner,
+};
 use crate::jail::{now, Jail, JailCmd, JailMsg, JailStatus, Matcher};
 use crate::source::syslog::SyslogHub;
 use crate::source::{self, file::FileSource, journal::JournalSource};
@@ -129,6 +132,8 @@ struct RunningJail {
     tx: mpsc::Sender<JailMsg>,
     /// Runs an nftables action.
     nft: bool,
+    /// Runs an iptables action.
+    ipt: bool,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -143,11 +148,14 @@ struct Daemon {
     /// The syslog receiver, if `[syslog] listen` names any listener.
     syslog: Option<SyslogHub>,
     firewall: Firewall,
+    ipset: Firewall,
     actions: ActionEnv,
     /// The running jails, for the web pages.
     directory: crate::jail::JailDirectory,
     /// Set by `stop --flush`.
     flush_on_exit: bool,
+    /// A jail has used the iptables backend (so `stop --flush` cleans it).
+    ipset_used: bool,
 }
 
 /// A jail ready to start: its configuration and compiled filter.
@@ -277,6 +285,11 @@ impl Daemon {
             name,
             RunningJail {
                 nft: cfg.actions.iter().any(|a| is_nftables(&a.name)),
+                ipt: {
+                    let ipt = cfg.actions.iter().any(|a| is_iptables(&a.name));
+                    self.ipset_used |= ipt;
+                    ipt
+                },
                 tx,
                 cancel,
                 task,
@@ -310,30 +323,34 @@ impl Daemon {
     async fn start_all(&mut self, prepared: Vec<Prepared>) {
         // the firewall collects every jail's restored bans and writes the
         // table once, when all of them are in
-        self.firewall.send(FwCmd::Hold);
-        let mut started = Vec::new();
+        self.hold();
         for (cfg, filter) in prepared {
-            let uses_nft = cfg.actions.iter().any(|a| is_nftables(&a.name));
-            let name = cfg.name.clone();
-            match self.start_jail(cfg, filter).await {
-                Ok(()) if uses_nft => started.push(name),
-                Ok(()) => {}
-                Err(msg) => {
-                    tracing::error!("{msg}");
-                    self.skipped.push(msg);
-                }
+            if let Err(msg) = self.start_jail(cfg, filter).await {
+                tracing::error!("{msg}");
+                self.skipped.push(msg);
             }
         }
-        self.firewall.send(FwCmd::Expect(started));
+        self.expect();
     }
 
-    /// The jails (by name) that run an nftables action.
-    fn nft_jails(&self) -> Vec<String> {
-        self.jails
-            .iter()
-            .filter(|(_, j)| j.nft)
-            .map(|(n, _)| n.clone())
-            .collect()
+    /// Tells the firewall backends that jails are (re)starting.
+    fn hold(&self) {
+        self.firewall.send(FwCmd::Hold);
+        self.ipset.send(FwCmd::Hold);
+    }
+
+    /// Tells each backend which running jails use it: it builds its table
+    /// once they have all restored their bans.
+    fn expect(&self) {
+        let pick = |f: fn(&RunningJail) -> bool| -> Vec<String> {
+            self.jails
+                .iter()
+                .filter(|(_, j)| f(j))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        self.firewall.send(FwCmd::Expect(pick(|j| j.nft)));
+        self.ipset.send(FwCmd::Expect(pick(|j| j.ipt)));
     }
 
     /// Rebuilds the configuration; swaps it in only if every jail is good.
@@ -357,16 +374,16 @@ impl Daemon {
                 let Some((cfg, filter)) = prepared.into_iter().find(|(c, _)| c.name == name) else {
                     return Err(format!("no enabled jail '{name}' in the configuration"));
                 };
-                self.firewall.send(FwCmd::Hold);
+                self.hold();
                 self.stop_jail(&name).await;
                 self.skipped.retain(|s| !s.contains(&format!("'{name}'")));
                 let r = self.start_jail(cfg, filter).await;
-                self.firewall.send(FwCmd::Expect(self.nft_jails()));
+                self.expect();
                 r?;
                 Ok(format!("jail '{name}' reloaded"))
             }
             None => {
-                self.firewall.send(FwCmd::Hold);
+                self.hold();
                 let names: Vec<String> = self.jails.keys().cloned().collect();
                 for n in names {
                     self.stop_jail(&n).await;
@@ -583,21 +600,27 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
 
     tracing::info!(config = %config_dir.display(), db = %crate::store::describe(dcfg.dbfile.as_ref()), socket = %dcfg.socket.display(), "Starting banhammer {}", env!("CARGO_PKG_VERSION"));
-    let (firewall, fw_thread) = Firewall::spawn(nft::NftSettings {
+    let redirect = dcfg.web.banpage_listen.map(|a| Redirect {
+        ports: dcfg.web.banpage_ports.clone(),
+        to: a.port(),
+    });
+    let (firewall, fw_thread) = Firewall::spawn(NftKernel {
         nft: dcfg.firewall.nft.clone(),
-        redirect: dcfg.web.banpage_listen.map(|a| nft::Redirect {
-            ports: dcfg.web.banpage_ports.clone(),
-            to: a.port(),
-        }),
+        redirect: redirect.clone(),
     })
     .map_err(io("the nftables thread"))?;
+    let (ipset, ipset_thread) =
+        Firewall::spawn(IpsetKernel { redirect }).map_err(io("the iptables thread"))?;
     let mut d = Daemon {
         firewall: firewall.clone(),
         actions: ActionEnv {
             config_dir: config_dir.clone(),
             firewall: Some(firewall.clone()),
+            ipset: Some(ipset.clone()),
         },
+        ipset,
         flush_on_exit: false,
+        ipset_used: false,
         directory: crate::jail::JailDirectory::default(),
         config_dir: config_dir.clone(),
         store: store.clone(),
@@ -670,16 +693,22 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     for n in names {
         d.stop_jail(&n).await;
     }
-    if d.flush_on_exit {
-        let fw = d.firewall.clone();
-        match tokio::task::spawn_blocking(move || fw.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("stop --flush: {e}"),
-            Err(e) => tracing::error!("stop --flush: {e}"),
+    for (fw, used) in [(d.firewall.clone(), true), (d.ipset.clone(), d.ipset_used)] {
+        if d.flush_on_exit && used {
+            let f = fw.clone();
+            match tokio::task::spawn_blocking(move || f.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("stop --flush: {e}"),
+                Err(e) => tracing::error!("stop --flush: {e}"),
+            }
         }
+        fw.send(FwCmd::Stop);
     }
-    d.firewall.send(FwCmd::Stop);
-    let _ = tokio::task::spawn_blocking(move || fw_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = fw_thread.join();
+        let _ = ipset_thread.join();
+    })
+    .await;
     root.cancel();
     let _ = control_task.await;
     for t in web_tasks {

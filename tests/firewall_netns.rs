@@ -268,3 +268,66 @@ fn forwarded_traffic_through_the_server_is_blocked_too() {
     );
     d.stop();
 }
+
+/// The members of an ipset inside `ns`.
+fn ipset_members(ns: &Netns, set: &str) -> Vec<String> {
+    let (_, out, _) = common::netns::exec(&ns.name, &["ipset", "list", set]);
+    out.lines()
+        .skip_while(|l| !l.starts_with("Members:"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+#[test]
+fn iptables_with_ipset_enforces_bans_where_nftables_is_not_wanted() {
+    let server = Netns::new("srv");
+    let client = Netns::new("cli");
+    link(
+        &server,
+        &client,
+        "10.80.0.1/24",
+        "10.80.0.2/24",
+        "fd80::1/64",
+        "fd80::2/64",
+    );
+    server.serve_hello(2222);
+    let v4 = addr("10.80.0.1:2222");
+    let v6 = addr("[fd80::1]:2222");
+    wait_open(&client, v4, Duration::from_secs(5));
+    wait_open(&client, v6, Duration::from_secs(5));
+    let s = server_setup(r#"iptables-multiport[port="2222", protocol="tcp"]"#, 600);
+    let d = s.start_in(Some(&server.name));
+    fail(&s, "10.80.0.2");
+    fail(&s, "fd80::2");
+    wait_for("the ipset members", Duration::from_secs(10), || {
+        ipset_members(&server, "bh-svc-v4").contains(&"10.80.0.2".to_string())
+            && ipset_members(&server, "bh-svc-v6").contains(&"fd80::2".to_string())
+    });
+    for to in [v4, v6] {
+        let e = client.connect(to).expect_err("banned");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "REJECT: {e:?}"
+        );
+    }
+    let (status, body) = client.http_get(addr("10.80.0.1:80"), "/").unwrap();
+    assert!(
+        status.contains("403") && body.contains("10.80.0.2"),
+        "{status} {body}"
+    );
+    d.ctl(&["unban", "10.80.0.2", "fd80::2"]);
+    wait_open(&client, v4, Duration::from_secs(5));
+    wait_open(&client, v6, Duration::from_secs(5));
+    let _ = d.try_ctl(&["stop", "--flush"]);
+    wait_for(
+        "the chains and sets removed",
+        Duration::from_secs(10),
+        || {
+            let (_, rules, _) = common::netns::exec(&server.name, &["iptables", "-S"]);
+            let (_, sets, _) = common::netns::exec(&server.name, &["ipset", "list", "-n"]);
+            !rules.contains("banhammer") && !sets.contains("bh-svc")
+        },
+    );
+}

@@ -8,7 +8,9 @@
 //! already in the database.
 
 pub mod command;
+pub mod ipset;
 pub mod nft;
+pub mod table;
 
 use crate::config::jail::JailConfig;
 use std::path::PathBuf;
@@ -91,7 +93,9 @@ pub struct ActionEnv {
     /// The configuration directory (its `action.d/`).
     pub config_dir: PathBuf,
     /// The nftables owner thread.
-    pub firewall: Option<nft::Firewall>,
+    pub firewall: Option<table::Firewall>,
+    /// The iptables + ipset owner thread.
+    pub ipset: Option<table::Firewall>,
 }
 
 /// An action option: the `NAME[key=value]` option, else the jail's own
@@ -117,6 +121,22 @@ pub fn is_nftables(name: &str) -> bool {
     )
 }
 
+/// Whether a name is one of Fail2Ban's iptables actions (run natively,
+/// with ipset).
+pub fn is_iptables(name: &str) -> bool {
+    matches!(
+        name,
+        "iptables"
+            | "iptables-multiport"
+            | "iptables-allports"
+            | "iptables-new"
+            | "iptables-ipset"
+            | "iptables-ipset-proto4"
+            | "iptables-ipset-proto6"
+            | "iptables-ipset-proto6-allports"
+    )
+}
+
 /// Builds the actions a jail names. An action that cannot work as
 /// configured (bad options) is an error: the jail is skipped, as with a
 /// bad filter, rather than run without the protection it asks for.
@@ -128,7 +148,7 @@ pub fn build_actions(
     let mut out: Vec<Box<dyn Action>> = Vec::new();
     let warnings = Vec::new();
     let mut logged = false;
-    let mut nft_seen = false;
+    let mut kernel_seen: Vec<&str> = Vec::new();
     for a in &cfg.actions {
         let name = a.name.as_str();
         let action_dir = env.config_dir.join("action.d");
@@ -147,22 +167,30 @@ pub fn build_actions(
                     logged = true;
                 }
             }
-            n if is_nftables(n) => {
-                let Some(fw) = &env.firewall else {
-                    return Err(format!("action '{n}': the nftables backend is not running"));
+            n if is_nftables(n) || is_iptables(n) => {
+                let nft = is_nftables(n);
+                let (fw, backend) = if nft {
+                    (&env.firewall, "nftables")
+                } else {
+                    (&env.ipset, "iptables-ipset")
                 };
-                if nft_seen {
+                let Some(fw) = fw else {
+                    return Err(format!("action '{n}': the {backend} backend is not running"));
+                };
+                if kernel_seen.contains(&backend) {
                     return Err(format!(
-                        "action '{n}': one nftables action per jail (list several ports in one: port=\"ssh,2222\")"
+                        "action '{n}': one {backend} action per jail (list several ports in one: port=\"ssh,2222\")"
                     ));
                 }
-                nft_seen = true;
-                let kind = match n {
-                    "nftables-allports" => "allports",
-                    "nftables-multiport" => "multiport",
-                    _ => option(a, cfg, "type", "multiport"),
+                kernel_seen.push(backend);
+                let kind = if n.ends_with("allports") {
+                    "allports"
+                } else if n == "nftables" {
+                    option(a, cfg, "type", "multiport")
+                } else {
+                    "multiport"
                 };
-                let rules = nft::JailRules::new(
+                let rules = table::JailRules::new(
                     jail,
                     kind,
                     option(a, cfg, "port", "ssh"),
@@ -170,7 +198,12 @@ pub fn build_actions(
                     option(a, cfg, "blocktype", "reject"),
                 )
                 .map_err(|e| format!("action '{n}': {e}"))?;
-                out.push(Box::new(nft::NftAction::new(rules, fw.clone())));
+                let rules = if nft {
+                    rules
+                } else {
+                    ipset::check_rules(rules).map_err(|e| format!("action '{n}': {e}"))?
+                };
+                out.push(Box::new(table::SetAction::new(backend, rules, fw.clone())));
             }
             other if has_file(other) => {
                 out.push(Box::new(command::CommandAction::load(&action_dir, a, cfg)?))
