@@ -449,8 +449,17 @@ impl Daemon {
                         "counters": h.counts(),
                     })
                 });
+                let kernels = [self.firewall.clone(), self.ipset.clone()];
                 tokio::spawn(async move {
                     let all: Vec<JailStatus> = ask_all(senders, JailCmd::Status).await;
+                    let mut firewall = Vec::new();
+                    for k in kernels {
+                        if let Some(st) =
+                            k.status().await.filter(|st| st.jails > 0 || st.errors > 0)
+                        {
+                            firewall.push(st);
+                        }
+                    }
                     let v = match jail {
                         Some(_) => serde_json::to_value(all.first()).unwrap_or_default(),
                         None => serde_json::json!({
@@ -458,6 +467,7 @@ impl Daemon {
                             "jails": all,
                             "skipped": skipped,
                             "syslog": syslog,
+                            "firewall": firewall,
                         }),
                     };
                     let _ = reply.send(Response::ok(v));

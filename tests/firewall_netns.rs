@@ -331,3 +331,38 @@ fn iptables_with_ipset_enforces_bans_where_nftables_is_not_wanted() {
         },
     );
 }
+
+#[test]
+fn a_failing_nft_is_reported_retried_and_loses_no_ban() {
+    let server = Netns::new("srv");
+    let s = server_setup(r#"nftables[port="2222", protocol="tcp"]"#, 600);
+    // `nft` is missing at first
+    let nft = s.path("bin/nft");
+    s.write_daemon_conf(&format!("[firewall]\nnft = {}\n", nft.display()));
+    let d = s.start_in(Some(&server.name));
+    fail(&s, "10.81.0.2");
+    wait_for("the ban in the database", Duration::from_secs(10), || {
+        d.is_banned("10.81.0.2")
+    });
+    wait_for("the error in status", Duration::from_secs(10), || {
+        let st = d.ctl(&["status"]);
+        st["firewall"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found") && e.contains("nftables package"))
+    });
+    assert!(elements(&server, "svc_v4").is_empty());
+    // nft comes back: the retry writes the table with the ban
+    s.write("bin/nft", "#!/bin/sh\nexec nft \"$@\"\n");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    wait_element(&s, &server, "svc_v4", "10.81.0.2");
+    let st = d.ctl(&["status"]);
+    assert!(
+        st["firewall"][0]["last_error"].is_null(),
+        "the error clears: {st}"
+    );
+    assert!(s.log().contains("not found"), "the failure was logged");
+    d.stop();
+}

@@ -158,6 +158,39 @@ pub fn render(req: &Request, v: &Value) -> String {
                     out.push_str(&table(&["COUNTER", "VALUE"], &rows));
                 }
             }
+            if let Some(fw) = v
+                .get("firewall")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty())
+            {
+                let rows: Vec<Vec<String>> = fw
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            s(&f["backend"]),
+                            s(&f["table"]),
+                            s(&f["jails"]),
+                            s(&f["elements"]),
+                            s(&f["batches"]),
+                            s(&f["errors"]),
+                            f["last_error"].as_str().unwrap_or("-").to_string(),
+                        ]
+                    })
+                    .collect();
+                out.push('\n');
+                out.push_str(&table(
+                    &[
+                        "FIREWALL",
+                        "TABLE",
+                        "JAILS",
+                        "BANS",
+                        "BATCHES",
+                        "ERRORS",
+                        "LAST ERROR",
+                    ],
+                    &rows,
+                ));
+            }
             if let Some(skipped) = v
                 .get("skipped")
                 .and_then(Value::as_array)
