@@ -237,6 +237,7 @@ pub enum ActionEvent {
 #[derive(Clone)]
 pub struct ActionRunner {
     tx: mpsc::Sender<ActionEvent>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ActionRunner {
@@ -246,6 +247,11 @@ impl ActionRunner {
     ) -> std::io::Result<(ActionRunner, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<ActionEvent>();
         let name = jail.to_string();
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = errors.clone();
+        let failed = move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         let handle = std::thread::Builder::new()
             .name(format!("act/{jail}"))
             .spawn(move || {
@@ -276,6 +282,7 @@ impl ActionRunner {
                             _ => a.unban(info),
                         };
                         if let Err(e) = r {
+                            failed();
                             tracing::error!(jail = %name, ip = %info.ip, "{e}");
                         }
                     }
@@ -286,10 +293,15 @@ impl ActionRunner {
                     }
                 }
             })?;
-        Ok((ActionRunner { tx }, handle))
+        Ok((ActionRunner { tx, errors }, handle))
     }
 
     pub fn send(&self, ev: ActionEvent) {
         let _ = self.tx.send(ev);
+    }
+
+    /// Action calls that failed since the jail started.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -1,9 +1,12 @@
 //! Native nftables: one table, `inet banhammer`.
 //!
 //! Owns how the firewall model ([`super::table`]) is written for nftables:
-//! per jail an IPv4 and an IPv6 set with `flags interval, timeout` (so
-//! prefix bans fit and the kernel lifts bans on time even while the daemon
-//! is down), drop/reject rules in an `input` and a `forward` chain at
+//! per jail a set of addresses for each family with `flags timeout`
+//! (`JAIL_v4`, `JAIL_v6`; the kernel lifts bans on time even while the
+//! daemon is down) and one of networks with `flags interval, timeout`
+//! (`JAIL_v4net`, `JAIL_v6net`, for `ipv6prefix` bans; nft reads an
+//! interval set whole before every change, so addresses stay out of them),
+//! drop/reject rules in an `input` and a `forward` chain at
 //! priority `filter - 10` (forwarded and container traffic is covered, not
 //! only local services; the forward rules match the port the client asked
 //! for, before any DNAT), and, with a ban page configured, a `nat`
@@ -102,6 +105,17 @@ pub fn set_name(jail: &str, v6: bool) -> String {
     format!("{base}_{}", if v6 { "v6" } else { "v4" })
 }
 
+/// The kernel set a key lives in: single addresses in the jail's hash set
+/// (`JAIL_v4`, `JAIL_v6`: cheap to change whatever their size), networks in
+/// its interval set (`JAIL_v6net`), which nft handles much more slowly.
+fn target(set: &str, key: &IpNet) -> String {
+    if key.prefix_len() < key.max_prefix_len() {
+        format!("{set}net")
+    } else {
+        set.to_string()
+    }
+}
+
 fn element(key: &IpNet, end: Option<f64>, now: f64) -> Option<String> {
     let text = crate::jail::key_text(key);
     match end {
@@ -125,22 +139,28 @@ pub(super) fn rebuild_script(
     ));
     for j in jails.values() {
         for (set, ty) in [(&j.v4, "ipv4_addr"), (&j.v6, "ipv6_addr")] {
-            s.push_str(&format!(
-                "  set {} {{\n    type {ty}; flags interval, timeout;\n",
-                set.name
-            ));
-            let elems: Vec<String> = set
-                .elements
-                .iter()
-                .filter(|(k, _)| set.container(k).is_none())
-                .filter_map(|(k, e)| element(k, *e, now))
-                .collect();
-            if !elems.is_empty() {
-                s.push_str("    elements = {\n      ");
-                s.push_str(&elems.join(",\n      "));
-                s.push_str("\n    }\n");
+            for net in [false, true] {
+                let name = if net {
+                    format!("{}net", set.name)
+                } else {
+                    set.name.clone()
+                };
+                let flags = if net { "interval, timeout" } else { "timeout" };
+                s.push_str(&format!("  set {name} {{\n    type {ty}; flags {flags};\n"));
+                let elems: Vec<String> = set
+                    .elements
+                    .iter()
+                    .filter(|(k, _)| (k.prefix_len() < k.max_prefix_len()) == net)
+                    .filter(|(k, _)| set.container(k).is_none())
+                    .filter_map(|(k, e)| element(k, *e, now))
+                    .collect();
+                if !elems.is_empty() {
+                    s.push_str("    elements = {\n      ");
+                    s.push_str(&elems.join(",\n      "));
+                    s.push_str("\n    }\n");
+                }
+                s.push_str("  }\n");
             }
-            s.push_str("  }\n");
         }
     }
     let mut input = Vec::new();
@@ -153,7 +173,13 @@ pub(super) fn rebuild_script(
     }
     for j in jails.values() {
         let r = &j.rules;
-        for (fam, set) in [("ip", &j.v4.name), ("ip6", &j.v6.name)] {
+        let sets = [
+            ("ip", j.v4.name.clone()),
+            ("ip", format!("{}net", j.v4.name)),
+            ("ip6", j.v6.name.clone()),
+            ("ip6", format!("{}net", j.v6.name)),
+        ];
+        for (fam, set) in &sets {
             match &r.ports {
                 Ports::All => {
                     let rule = format!(
@@ -228,12 +254,14 @@ fn add_lines(out: &mut Vec<String>, set: &str, key: &IpNet, end: Option<f64>, no
         return;
     };
     remove_lines(out, set, key);
+    let set = target(set, key);
     out.push(format!("add element inet {TABLE} {set} {{ {el} }}"));
 }
 
 /// Lines that take `key` out of set `set`, whether or not it is there.
 fn remove_lines(out: &mut Vec<String>, set: &str, key: &IpNet) {
     let k = crate::jail::key_text(key);
+    let set = target(set, key);
     out.push(format!(
         "add element inet {TABLE} {set} {{ {k} timeout 1s }}"
     ));

@@ -573,10 +573,17 @@ impl<K: Kernel> Owner<K> {
         let set = t.set_mut(&key);
         let overlap_ok = self.kernel.overlap_ok();
         let was_in_kernel = overlap_ok || set.in_kernel(&key);
-        if set.elements.remove(&key).is_none() || self.rebuild || !was_in_kernel {
+        let Some(end) = set.elements.remove(&key) else {
+            return;
+        };
+        if self.rebuild || !was_in_kernel {
             return;
         }
-        self.kernel.remove_lines(&mut self.pending, &set.name, &key);
+        // a ban that ran out has left the kernel by itself: nothing to write
+        let ran_out = end.is_some_and(|e| e <= now + 0.5);
+        if !ran_out {
+            self.kernel.remove_lines(&mut self.pending, &set.name, &key);
+        }
         if overlap_ok {
             return;
         }
@@ -882,7 +889,7 @@ mod tests {
             .find("delete element inet banhammer web_v6 { 2001:db8::5 }")
             .unwrap();
         let add_outer = script
-            .find("add element inet banhammer web_v6 { 2001:db8::/64 timeout 6")
+            .find("add element inet banhammer web_v6net { 2001:db8::/64 timeout 6")
             .unwrap();
         assert!(del_inner < add_outer, "{script}");
         o.pending.clear();

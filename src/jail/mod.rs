@@ -155,6 +155,12 @@ impl Matcher {
 
 pub enum JailCmd {
     Status(oneshot::Sender<JailStatus>),
+    /// The status without the list of banned addresses.
+    Brief(oneshot::Sender<JailStatus>),
+    Inspect {
+        ip: IpAddr,
+        reply: oneshot::Sender<Inspection>,
+    },
     Ban {
         ips: Vec<IpAddr>,
         reply: oneshot::Sender<Vec<String>>,
@@ -190,7 +196,38 @@ pub struct JailDirectory {
     jails: Arc<std::sync::RwLock<Vec<(String, mpsc::Sender<JailMsg>)>>>,
 }
 
+/// Asks one jail; `None` when it does not answer.
+async fn ask<T>(
+    tx: &mpsc::Sender<JailMsg>,
+    q: impl FnOnce(oneshot::Sender<T>) -> JailCmd,
+) -> Option<T> {
+    let (r, rx) = oneshot::channel();
+    tx.send(JailMsg::Control(q(r))).await.ok()?;
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
+}
+
 impl JailDirectory {
+    /// Every jail's status, without the lists of banned addresses.
+    pub async fn brief(&self) -> Vec<JailStatus> {
+        let mut out = Vec::new();
+        for (_, tx) in self.snapshot() {
+            out.extend(ask(&tx, JailCmd::Brief).await);
+        }
+        out
+    }
+
+    /// What every jail knows about `ip`.
+    pub async fn inspect(&self, ip: IpAddr) -> Vec<Inspection> {
+        let mut out = Vec::new();
+        for (_, tx) in self.snapshot() {
+            out.extend(ask(&tx, |reply| JailCmd::Inspect { ip, reply }).await);
+        }
+        out
+    }
+
     pub fn set(&self, name: &str, tx: mpsc::Sender<JailMsg>) {
         let mut j = self.jails.write().unwrap_or_else(|p| p.into_inner());
         j.retain(|(n, _)| n != name);
@@ -257,6 +294,29 @@ pub struct JailStatus {
     pub banned: Vec<String>,
     /// Syslog senders whose messages had failures, most recent first.
     pub senders: Vec<SenderStatus>,
+    pub maxretry: u32,
+    pub findtime: f64,
+    /// Seconds; negative: permanent.
+    pub bantime: f64,
+    pub description: Option<String>,
+    /// Lines read per source (file path, `journal`, `syslog`).
+    pub source_lines: Vec<(String, u64)>,
+    /// Action commands that failed since start.
+    pub action_errors: u64,
+}
+
+/// What a jail knows about one address right now (the admin view's
+/// "decisions").
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub jail: String,
+    /// Failures in the current window.
+    pub failures: u32,
+    pub maxretry: u32,
+    pub findtime: f64,
+    /// In `ignoreip` (or `ignoreself`): never banned by this jail.
+    pub ignored: bool,
+    pub ban: Option<BanRecord>,
 }
 
 /// Failures from one syslog sender.
@@ -268,6 +328,9 @@ pub struct SenderStatus {
     /// Epoch seconds of the last failure.
     pub last: f64,
 }
+
+/// Restored bans logged one by one at start, at most.
+const RESTORE_LOGGED: usize = 1000;
 
 /// Senders listed by `status JAIL` at most.
 const SENDERS_SHOWN: usize = 50;
@@ -335,6 +398,8 @@ pub struct Jail {
     chunk: Option<Vec<ChunkOp>>,
     /// Failures per syslog sender: (count, last time).
     senders: HashMap<Arc<Origin>, (u64, f64)>,
+    /// Lines read per source.
+    source_lines: std::collections::BTreeMap<String, u64>,
 }
 
 impl Jail {
@@ -372,6 +437,7 @@ impl Jail {
             warned_clock: false,
             chunk: None,
             senders: HashMap::new(),
+            source_lines: std::collections::BTreeMap::new(),
         }
     }
 
@@ -391,11 +457,18 @@ impl Jail {
                 time: b.end.unwrap_or(now),
             });
         }
-        for b in st.bans {
+        let restoring = st.bans.len();
+        for (n, b) in st.bans.into_iter().enumerate() {
             let Some(key) = parse_key(&b.ip) else {
                 continue;
             };
-            tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %b.ip, "Restore Ban");
+            // one line per ban as Fail2Ban writes them, but not a hundred
+            // thousand of them at start
+            if n < RESTORE_LOGGED {
+                tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %b.ip, "Restore Ban");
+            } else if n == RESTORE_LOGGED {
+                tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, "Restoring {} more bans without a line each", restoring - RESTORE_LOGGED);
+            }
             self.actions.send(ActionEvent::Restore(Arc::new(b.clone())));
             if let Some(end) = b.end {
                 self.unbans.insert((ms(end), key));
@@ -437,6 +510,21 @@ impl Jail {
         let now = now();
         self.chunk = Some(Vec::new());
         self.lines += lines;
+        let source = match &checkpoint {
+            Some(crate::store::SourcePos::File { path, .. }) => path.as_str(),
+            Some(crate::store::SourcePos::Cursor(_)) => "journal",
+            None => match &self.cfg.backend {
+                crate::config::jail::Backend::Syslog(_) => "syslog",
+                crate::config::jail::Backend::Systemd { .. } => "journal",
+                _ => "files",
+            },
+        };
+        match self.source_lines.get_mut(source) {
+            Some(n) => *n += lines,
+            None => {
+                self.source_lines.insert(source.to_string(), lines);
+            }
+        }
         for f in found {
             self.on_failure(f, now);
         }
@@ -618,37 +706,69 @@ impl Jail {
             .map(|&(end, _)| (end as f64 / 1000.0 - now).max(0.0))
     }
 
+    fn status(&self, with_banned: bool) -> JailStatus {
+        let mut banned: Vec<String> = if with_banned {
+            self.banned.values().map(|a| a.rec.ip.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        banned.sort();
+        let mut senders: Vec<SenderStatus> = self
+            .senders
+            .iter()
+            .map(|(o, &(failures, last))| SenderStatus {
+                host: o.host.clone(),
+                peer: o.peer,
+                failures,
+                last,
+            })
+            .collect();
+        senders.sort_by(|a, b| b.last.total_cmp(&a.last));
+        senders.truncate(SENDERS_SHOWN);
+        JailStatus {
+            name: self.cfg.name.clone(),
+            filter: self.filter.name().to_string(),
+            backend: format!("{:?}", self.cfg.backend),
+            sources: self.sources.clone(),
+            lines: self.lines,
+            currently_failed: self.windows.len(),
+            total_failed: self.total_failed,
+            currently_banned: self.banned.len(),
+            total_banned: self.total_banned,
+            banned,
+            senders,
+            maxretry: self.cfg.maxretry,
+            findtime: self.cfg.findtime,
+            bantime: self.cfg.bantime,
+            description: self.cfg.description.clone(),
+            source_lines: self
+                .source_lines
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            action_errors: self.actions.errors(),
+        }
+    }
+
     fn on_control(&mut self, cmd: JailCmd) {
         let now = now();
         match cmd {
             JailCmd::Status(reply) => {
-                let mut banned: Vec<String> =
-                    self.banned.values().map(|a| a.rec.ip.clone()).collect();
-                banned.sort();
-                let mut senders: Vec<SenderStatus> = self
-                    .senders
-                    .iter()
-                    .map(|(o, &(failures, last))| SenderStatus {
-                        host: o.host.clone(),
-                        peer: o.peer,
-                        failures,
-                        last,
-                    })
-                    .collect();
-                senders.sort_by(|a, b| b.last.total_cmp(&a.last));
-                senders.truncate(SENDERS_SHOWN);
-                let _ = reply.send(JailStatus {
-                    name: self.cfg.name.clone(),
-                    filter: self.filter.name().to_string(),
-                    backend: format!("{:?}", self.cfg.backend),
-                    sources: self.sources.clone(),
-                    lines: self.lines,
-                    currently_failed: self.windows.len(),
-                    total_failed: self.total_failed,
-                    currently_banned: self.banned.len(),
-                    total_banned: self.total_banned,
-                    banned,
-                    senders,
+                let _ = reply.send(self.status(true));
+            }
+            JailCmd::Brief(reply) => {
+                let _ = reply.send(self.status(false));
+            }
+            JailCmd::Inspect { ip, reply } => {
+                let ip = ignore::canonical(ip);
+                let key = ban_key(ip, self.cfg.ipv6prefix);
+                let _ = reply.send(Inspection {
+                    jail: self.cfg.name.clone(),
+                    failures: self.windows.count(&key, now, self.cfg.findtime),
+                    maxretry: self.cfg.maxretry,
+                    findtime: self.cfg.findtime,
+                    ignored: self.ignore.contains(ip),
+                    ban: self.banned.get(&key).map(|a| a.rec.clone()),
                 });
             }
             JailCmd::Ban { ips, reply } => {
