@@ -600,7 +600,7 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     let listener = control::bind(&dcfg.socket)?;
     let root = CancellationToken::new();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(64);
-    let control_task = tokio::spawn(control::serve(listener, ctl_tx, root.child_token()));
+    let control_task = tokio::spawn(control::serve(listener, ctl_tx.clone(), root.child_token()));
     let io = |what: &str| {
         let what = what.to_string();
         move |cause| DaemonError::Io { what, cause }
@@ -653,6 +653,50 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
         hub.listen().await?;
     }
     let mut web_tasks = Vec::new();
+    let reader = match &dcfg.dbfile {
+        Some(p) => match crate::store::reader::Reader::open(p) {
+            Ok((r, _thread)) => Some(r),
+            Err(e) => {
+                tracing::error!("{e}; the admin view has no history");
+                None
+            }
+        },
+        None => None,
+    };
+    let admin_addr = dcfg.web.admin_listen.or_else(|| {
+        dcfg.web
+            .admin_password_hash
+            .as_ref()
+            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8081)))
+    });
+    if let Some(addr) = admin_addr {
+        let dashboard =
+            crate::web::stats::spawn(reader.clone(), d.directory.clone(), root.child_token());
+        let state = crate::web::admin::AdminState {
+            web: crate::web::WebState {
+                jails: d.directory.clone(),
+                cfg: Arc::new(dcfg.web.clone()),
+            },
+            sessions: Arc::new(crate::web::session::Sessions::default()),
+            reader: reader.clone(),
+            control: ctl_tx.clone(),
+            dashboard,
+            secure: dcfg.web.admin_tls_cert.is_some(),
+            metrics: crate::web::metrics::MetricsSources {
+                syslog: d.syslog.as_ref().map(|h| h.receiver()),
+                firewalls: vec![d.firewall.clone(), d.ipset.clone()],
+                db_path: dcfg.dbfile.clone(),
+            },
+        };
+        let (_, t) = crate::web::serve(
+            addr,
+            "admin view",
+            crate::web::admin::router(state),
+            root.child_token(),
+        )
+        .await?;
+        web_tasks.push(t);
+    }
     if let Some(addr) = dcfg.web.banpage_listen {
         let state = crate::web::WebState {
             jails: d.directory.clone(),

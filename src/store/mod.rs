@@ -9,6 +9,7 @@
 //! I/O error) is retried with the same batch until it succeeds; the error
 //! is logged, nothing is dropped.
 
+pub mod reader;
 mod schema;
 
 use crate::jail::Origin;
@@ -507,7 +508,7 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
     })
 }
 
-fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
+pub(crate) fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
     let matches: String = r.get(7)?;
     Ok(BanRecord {
         id: r.get(0)?,
@@ -525,7 +526,8 @@ fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
     })
 }
 
-const BAN_COLUMNS: &str = "id, jail, ip, start, end, ban_count, failures, matches, fields";
+pub(crate) const BAN_COLUMNS: &str =
+    "id, jail, ip, start, end, ban_count, failures, matches, fields";
 
 fn load_state(
     conn: &Connection,

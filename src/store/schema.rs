@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE failures ADD COLUMN host TEXT; ALTER TABLE failures ADD COLUMN peer TEXT",
     // 4: what the filter captured from the failure behind a ban (user, ...)
     "ALTER TABLE bans ADD COLUMN fields TEXT",
+    // 5: the admin view looks an address up (its failures and bans) and
+    // charts bans over time
+    "CREATE INDEX failures_ip ON failures (ip, time); CREATE INDEX bans_start ON bans (start)",
 ];
 
 /// Brings the database to the current schema.

@@ -1,5 +1,6 @@
 //! Web: the ban page that banned visitors are redirected to (and its
-//! `/check` endpoint for reverse proxies).
+//! `/check` endpoint for reverse proxies), the admin view with its JSON API
+//! and Prometheus metrics.
 //!
 //! Owns the HTTP listeners. Each router is built by a plain function from
 //! its state (so tests drive it with `oneshot`), separate from serving it.
@@ -7,8 +8,13 @@
 //! templates from `templates/`; errors become a [`WebError`], which shows a
 //! plain message and logs the detail.
 
+pub mod admin;
+pub mod api;
 pub mod banpage;
 pub mod client_ip;
+pub mod metrics;
+pub mod session;
+pub mod stats;
 
 use crate::jail::JailDirectory;
 use axum::http::StatusCode;
@@ -80,3 +86,6 @@ pub struct WebState {
     pub jails: JailDirectory,
     pub cfg: std::sync::Arc<crate::config::web::WebConfig>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -313,6 +313,11 @@ impl SyslogHub {
         self.receiver.stats.snapshot()
     }
 
+    /// The shared receiver (its counters, for metrics).
+    pub fn receiver(&self) -> Arc<Receiver> {
+        self.receiver.clone()
+    }
+
     /// Feeds a jail: the messages its selector takes go through its filter
     /// on a worker thread, and what is found goes to `jail`.
     pub fn add_jail(
