@@ -57,6 +57,10 @@ enum Command {
     Reload { jail: Option<String> },
     /// Check that the daemon answers.
     Ping,
+    /// Print an argon2 hash of a password for `[web] admin_password_hash`
+    /// (the password is read from the terminal without echo, or from
+    /// standard input).
+    HashPassword,
     /// Stop the daemon (bans stay in the firewall and expire on time).
     Stop {
         /// Also remove banhammer's firewall table: every ban stops working.
@@ -150,6 +154,45 @@ fn client(cli: &Cli, req: Request) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line from standard input; from a terminal, asked for without echo.
+fn read_password() -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    // SAFETY: termios calls on fd 0 with a zero-initialised struct that
+    // tcgetattr fills in; the old settings are put back before returning.
+    let old = if tty {
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                let old = t;
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+                Some(old)
+            } else {
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if tty {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(old) = old {
+        // SAFETY: restores the settings read above.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &old);
+        }
+        eprintln!();
+    }
+    r?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -182,6 +225,14 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Reload { ref jail } => client(&cli, Request::Reload { jail: jail.clone() })?,
         Command::Ping => client(&cli, Request::Ping)?,
+        Command::HashPassword => {
+            let pw = read_password().context("reading the password")?;
+            if pw.is_empty() {
+                anyhow::bail!("the password is empty");
+            }
+            let hash = banhammer::web::session::hash_password(&pw).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+        }
         Command::Stop { flush } => client(&cli, Request::Stop { flush })?,
         Command::TestFilter {
             filter_dir,

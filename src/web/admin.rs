@@ -336,12 +336,19 @@ async fn dashboard(
     Extension(session): Extension<Session>,
 ) -> Result<Html<String>, WebError> {
     let jails = state.web.jails.brief().await;
-    let d = state.dashboard.borrow().clone();
+    let mut d = state.dashboard.borrow().clone();
+    // the cheap figures live, the costly ones from the last refresh
+    d.active_bans = jails.iter().map(|j| j.currently_banned as u64).sum();
     let failures = match &state.reader {
-        Some(r) => r
-            .run(|c| reader::recent_failures(c, None, 0, 20))
-            .await
-            .map_err(WebError::internal)?,
+        Some(r) => {
+            let (rows, (bans, _, failures)) = r
+                .run(|c| Ok((reader::recent_failures(c, None, 0, 20)?, reader::totals(c)?)))
+                .await
+                .map_err(WebError::internal)?;
+            d.total_bans = bans;
+            d.total_failures = failures;
+            rows
+        }
         None => Vec::new(),
     };
     let last_id = failures.first().map_or(0, |f| f.id);
