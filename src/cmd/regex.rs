@@ -187,6 +187,8 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
 
     let now = args.now.unwrap_or_else(super::now);
     let mut state = FilterState::new(&filter);
+    // only the regex and `<F-NOFAIL>` of each failure are counted
+    state.set_lean_failures(true);
     let mut st = Stats {
         fail_hits: vec![0; filter.failregex_sources().len()],
         ignore_hits: vec![0; filter.ignoreregex_sources().len()],
@@ -195,6 +197,8 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     let started = Instant::now();
     let multi = filter.maxlines() > 1;
     let mut before: Vec<Arc<TupleLine>> = Vec::new();
+    // the failures of the current line (one buffer for all lines)
+    let mut found = Vec::new();
     // like fail2ban-regex (which reads files as a tailing daemon would), a
     // last line without its newline is not read from a file
     let left_out = for_each_line_in(input, &args.log, !from_file, |line| {
@@ -205,7 +209,8 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
             before.clear();
             before.extend_from_slice(state.buffered_lines());
         }
-        let found = state.process_line(&filter, line, now);
+        found.clear();
+        state.process_line_into(&filter, line, now, &mut found);
         if multi {
             // buffered lines that a multi-line match consumed count as matched
             let full = before.len() >= filter.maxlines();

@@ -10,7 +10,7 @@
 //! same `mktime` Python uses). Compiled templates are shared; the adaptive
 //! order lives in [`DateState`], one per filter instance.
 
-use super::pyre::{Pattern, PatternError, Slots};
+use super::pyre::{Pattern, PatternError, PyPattern, Slots};
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
 use std::sync::{Arc, OnceLock};
 
@@ -104,7 +104,14 @@ pub struct DateTemplate {
     pub pattern: Option<String>,
     /// The Python regex, after boundaries were added.
     pub regex_text: String,
-    regex: Pattern,
+    /// The compiled regex: made on first use for Fail2Ban's default
+    /// templates (most filters only ever use one or two of the 31, and
+    /// compiling them all was half of a filter's start-up), at once for
+    /// the filter's own (see [`DateTemplate::compiled`]). `None` if it does
+    /// not compile (never for the defaults: a test compiles them all).
+    regex: OnceLock<Option<Pattern>>,
+    /// An exact hand-written matcher for this template, if it has one.
+    fast: Option<SyslogStart>,
     flags: u8,
     weight: f64,
     kind: Kind,
@@ -194,10 +201,11 @@ fn time_name(key: &str) -> String {
     format!("%{key}")
 }
 
-/// `%ExY`: four-digit years in the centuries from 2000 to three years ahead.
-fn year_re() -> &'static str {
-    static RE: OnceLock<String> = OnceLock::new();
-    RE.get_or_init(|| {
+/// The decades `%ExY` accepts (as their first three digits): from 2000 to
+/// three years ahead.
+fn year_decades() -> &'static [String] {
+    static D: OnceLock<Vec<String>> = OnceLock::new();
+    D.get_or_init(|| {
         let now_year = chrono::Utc::now().year();
         let mut cents: Vec<i32> = Vec::new();
         let mut y = 2000;
@@ -208,9 +216,14 @@ fn year_re() -> &'static str {
             }
             y += 1;
         }
-        let alts: Vec<String> = cents.iter().map(|c| c.to_string()).collect();
-        format!(r"(?P<Y>(?:{})\d)", alts.join("|"))
+        cents.iter().map(|c| c.to_string()).collect()
     })
+}
+
+/// `%ExY`: four-digit years in the centuries from 2000 to three years ahead.
+fn year_re() -> &'static str {
+    static RE: OnceLock<String> = OnceLock::new();
+    RE.get_or_init(|| format!(r"(?P<Y>(?:{})\d)", year_decades().join("|")))
 }
 
 const DIRECTIVE_KEYS: [&str; 11] = [
@@ -360,14 +373,16 @@ impl DateTemplate {
         if let Some(g) = gf {
             regex = format!("{g}{regex}");
         }
-        let compiled = Pattern::new(&regex, false).map_err(|cause| DateError::Regex {
-            pattern: pattern.clone().unwrap_or_else(|| name.clone()),
-            cause,
-        })?;
+        // the groups (and any syntax error) without compiling the regex
+        let names = PyPattern::parse(&regex)
+            .map_err(|cause| DateError::Regex {
+                pattern: pattern.clone().unwrap_or_else(|| name.clone()),
+                cause,
+            })?
+            .names;
         let kind = match kind {
             Kind::Pattern { .. } => Kind::Pattern {
-                fields: compiled
-                    .names()
+                fields: names
                     .iter()
                     .enumerate()
                     .filter_map(|(i, n)| n.as_deref().and_then(field_of).map(|f| (f, i)))
@@ -375,11 +390,13 @@ impl DateTemplate {
             },
             k => k,
         };
+        let fast = SyslogStart::for_template(&regex, &names);
         Ok(DateTemplate {
             name,
             pattern,
             regex_text: regex,
-            regex: compiled,
+            regex: OnceLock::new(),
+            fast,
             flags,
             weight: 1.0,
             kind,
@@ -516,6 +533,221 @@ impl DateTemplate {
     fn is_anchored(&self) -> bool {
         self.flags & (LINE_BEGIN | LINE_END) != 0
     }
+
+    /// The template with its regex compiled now, so that a filter's own
+    /// `datepattern` that does not compile is an error when the filter is
+    /// built.
+    fn compiled(self) -> Result<DateTemplate, DateError> {
+        let p = Pattern::new(&self.regex_text, false).map_err(|cause| DateError::Regex {
+            pattern: self.pattern.clone().unwrap_or_else(|| self.name.clone()),
+            cause,
+        })?;
+        // a fresh template: the cell is empty
+        let _ = self.regex.set(Some(p));
+        Ok(self)
+    }
+
+    /// The compiled regex (compiled now if it was not yet).
+    fn pattern(&self) -> Option<&Pattern> {
+        self.regex
+            .get_or_init(|| Pattern::new(&self.regex_text, false).ok())
+            .as_ref()
+    }
+
+    /// `regex.search_at(hay, start)`, through the exact fast path where
+    /// the template has one and it is sure of its answer.
+    fn search_at(&self, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        if start == 0 {
+            if let Some(fast) = &self.fast {
+                if fast.find(hay, slots.spans_mut()) {
+                    return true;
+                }
+            }
+        }
+        self.pattern()
+            .is_some_and(|p| p.search_at(hay, start, slots))
+    }
+}
+
+/// The classic syslog time at the start of a line, Fail2Ban's default
+/// template `{^LN-BEG}(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?` (the
+/// template nearly every `{^LN-BEG}` filter hits on every line), matched by
+/// hand instead of by the capture engine.
+///
+/// The matcher follows the regex's own search order (leftmost-first, as
+/// Python backtracks): at each choice it takes the first option, skipping
+/// only options that fail at once (the next character or the literal right
+/// after them does not fit). When that path reaches the end, it is the
+/// match the regex finds, with the same groups. When it does not (a
+/// non-ASCII character nearby, a line that does not start with a letter, a
+/// later part that fails so the regex would backtrack), it answers nothing
+/// and the regex decides. So the result is always the regex's.
+#[derive(Debug)]
+struct SyslogStart {
+    /// Number of groups (0 = whole match, 1 = the date text).
+    groups: usize,
+    /// Group numbers of the directives.
+    a: usize,
+    b: usize,
+    d: usize,
+    hour: usize,
+    minute: usize,
+    second: usize,
+    f: usize,
+    year: usize,
+}
+
+/// The longest text the matcher looks at: `Wed Sep 30 23:59:59.123456 2026`
+/// (31 bytes) and the byte after it.
+const SYSLOG_WINDOW: usize = 40;
+
+fn name_at(b: &[u8], p: usize, names: &[&str]) -> bool {
+    b.get(p..p + 3)
+        .is_some_and(|w| names.iter().any(|n| w.eq_ignore_ascii_case(n.as_bytes())))
+}
+
+/// Length of `[lo-hi]?\d` at `p` when followed by `next` (which the
+/// pattern requires there, so a length that is not followed by it fails).
+fn opt_digit_digit(b: &[u8], p: usize, hi: u8, next: u8) -> Option<usize> {
+    let at = |i: usize| b.get(i).copied();
+    let digit = |i: usize| at(i).is_some_and(|c| c.is_ascii_digit());
+    if at(p).is_some_and(|c| (b'0'..=hi).contains(&c)) && digit(p + 1) && at(p + 2) == Some(next) {
+        return Some(2);
+    }
+    (digit(p) && at(p + 1) == Some(next)).then_some(1)
+}
+
+impl SyslogStart {
+    /// The matcher, if `regex_text` is exactly that template's regex.
+    fn for_template(regex_text: &str, names: &[Option<String>]) -> Option<SyslogStart> {
+        let t = |k: &str| time_re(k).unwrap_or("");
+        let expected = format!(
+            r"(?iu)^(?:\W{{0,2}})?((?:{} )?{} {} {}:{}:{}(?:\.{})?(?: {})?)(?=\b|\W|$)",
+            t("a"),
+            t("b"),
+            t("d"),
+            t("k"),
+            t("M"),
+            t("S"),
+            t("f"),
+            year_re()
+        );
+        if regex_text != expected {
+            return None;
+        }
+        let g = |n: &str| names.iter().position(|x| x.as_deref() == Some(n));
+        let fast = SyslogStart {
+            groups: names.len(),
+            a: g("a")?,
+            b: g("b")?,
+            d: g("d")?,
+            hour: g("H")?,
+            minute: g("M")?,
+            second: g("S")?,
+            f: g("f")?,
+            year: g("Y")?,
+        };
+        (fast.groups == 10).then_some(fast)
+    }
+
+    /// Fills `out` with the group spans of the template's match at the
+    /// start of `line`; false if unsure (the regex must decide then).
+    fn find(&self, line: &str, out: &mut Vec<Option<(usize, usize)>>) -> bool {
+        let b = line.as_bytes();
+        // only ASCII around the match: `\d`, `\w` and case folding then
+        // mean what they mean in ASCII
+        let b = &b[..b.len().min(SYSLOG_WINDOW)];
+        if !b.is_ascii() || !b.first().is_some_and(u8::is_ascii_alphabetic) {
+            return false;
+        }
+        let at = |i: usize| b.get(i).copied();
+        let digit = |i: usize| at(i).is_some_and(|c| c.is_ascii_digit());
+        out.clear();
+        out.resize(self.groups, None);
+        // `^(?:\W{0,2})?` takes nothing before a letter
+        let mut p = 0;
+        // `(?:(?P<a>mon|...) )?`
+        if name_at(b, 0, &DAYS) && at(3) == Some(b' ') {
+            out[self.a] = Some((0, 3));
+            p = 4;
+        }
+        // `(?P<b>jan|...) `
+        if !name_at(b, p, &MONTHS) || at(p + 3) != Some(b' ') {
+            return false;
+        }
+        out[self.b] = Some((p, p + 3));
+        p += 4;
+        // `(?P<d>[1-2]\d|[0 ]?[1-9]|3[0-1]) `: the first alternative that
+        // fits and is followed by the space
+        let (c0, c1) = (at(p), at(p + 1));
+        let nonzero = |c: Option<u8>| c.is_some_and(|c| (b'1'..=b'9').contains(&c));
+        let options = [
+            (matches!(c0, Some(b'1' | b'2')) && digit(p + 1)).then_some(2),
+            (matches!(c0, Some(b'0' | b' ')) && nonzero(c1)).then_some(2),
+            nonzero(c0).then_some(1),
+            (c0 == Some(b'3') && matches!(c1, Some(b'0' | b'1'))).then_some(2),
+        ];
+        let Some(dl) = options
+            .into_iter()
+            .flatten()
+            .find(|&l| at(p + l) == Some(b' '))
+        else {
+            return false;
+        };
+        out[self.d] = Some((p, p + dl));
+        p += dl + 1;
+        // ` ?(?P<H>[0-2]?\d):`: the hour cannot start with a space, so a
+        // space here is the optional one
+        if at(p) == Some(b' ') {
+            p += 1;
+        }
+        let Some(hl) = opt_digit_digit(b, p, b'2', b':') else {
+            return false;
+        };
+        out[self.hour] = Some((p, p + hl));
+        p += hl + 1;
+        // `(?P<M>[0-5]?\d):`
+        let Some(ml) = opt_digit_digit(b, p, b'5', b':') else {
+            return false;
+        };
+        out[self.minute] = Some((p, p + ml));
+        p += ml + 1;
+        // `(?P<S>[0-5]?\d|6[0-1])`: its first way (`6[0-1]` is only tried
+        // when the rest fails, and then we give up below)
+        if !digit(p) {
+            return false;
+        }
+        let sl = if at(p).is_some_and(|c| c <= b'5') && digit(p + 1) {
+            2
+        } else {
+            1
+        };
+        out[self.second] = Some((p, p + sl));
+        p += sl;
+        // `(?:\.(?P<f>[0-9]{1,6}))?`, greedy
+        if at(p) == Some(b'.') && digit(p + 1) {
+            let n = (1..=6).take_while(|&k| digit(p + k)).count();
+            out[self.f] = Some((p + 1, p + 1 + n));
+            p += 1 + n;
+        }
+        // `(?: (?P<Y>(?:200|201|...)\d))?`
+        if at(p) == Some(b' ')
+            && digit(p + 4)
+            && b.get(p + 1..p + 4)
+                .is_some_and(|w| year_decades().iter().any(|d| d.as_bytes() == w))
+        {
+            out[self.year] = Some((p + 1, p + 5));
+            p += 5;
+        }
+        // `(?=\b|\W|$)` after a digit: the end, or a non-word character
+        if at(p).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_') {
+            return false;
+        }
+        debug_assert!(p < SYSLOG_WINDOW);
+        out[0] = Some((0, p));
+        out[1] = Some((0, p));
+        true
+    }
 }
 
 const DEFAULT_PATTERNS: [&str; 18] = [
@@ -636,17 +868,17 @@ impl DateDetector {
                     .date_prematch
                     .replace_all(pattern, |_: &fancy_regex::Captures<str>| unbound.clone())
                     .into_owned();
-                let tmpl = DateTemplate::for_pattern(&wrapped)?;
+                let tmpl = DateTemplate::for_pattern(&wrapped)?.compiled()?;
                 self.push(Arc::new(tmpl), ignore_dup)?;
             }
             return Ok(());
         }
         let tmpl = if key == "{NONE}" {
-            let mut t = DateTemplate::for_pattern("{UNB}^")?;
+            let mut t = DateTemplate::for_pattern("{UNB}^")?.compiled()?;
             t.name = "{NONE}".to_string();
             t
         } else {
-            DateTemplate::for_pattern(pattern)?
+            DateTemplate::for_pattern(pattern)?.compiled()?
         };
         self.push(Arc::new(tmpl), false)
     }
@@ -869,6 +1101,17 @@ const DAYS_FULL: [&str; 7] = [
     "sunday",
 ];
 
+/// The position of `v` in `names` (lower case), compared as
+/// `v.to_lowercase()` would be; ASCII text needs no lowered copy.
+fn name_index(names: &[&str], v: &str) -> Option<usize> {
+    if v.is_ascii() {
+        names.iter().position(|n| n.eq_ignore_ascii_case(v))
+    } else {
+        let lower = v.to_lowercase();
+        names.iter().position(|n| *n == lower)
+    }
+}
+
 /// Fail2Ban's `reGroupDictStrptime`: epoch seconds from the directive
 /// groups, `None` where Python raises (impossible dates, unknown zones).
 fn strptime(
@@ -908,12 +1151,8 @@ fn strptime(
             }
             Field::Y => year = Some(num()? as i32),
             Field::M => month = Some(num()?),
-            Field::BigB => {
-                month = Some(MONTHS_FULL.iter().position(|m| *m == v.to_lowercase())? as u32 + 1)
-            }
-            Field::B => {
-                month = Some(MONTHS.iter().position(|m| *m == v.to_lowercase())? as u32 + 1)
-            }
+            Field::BigB => month = Some(name_index(&MONTHS_FULL, v)? as u32 + 1),
+            Field::B => month = Some(name_index(&MONTHS, v)? as u32 + 1),
             Field::D => day = Some(num()?),
             Field::H => hour = num()?,
             Field::I => {
@@ -928,10 +1167,8 @@ fn strptime(
             }
             Field::Min => minute = num()?,
             Field::S => second = num()?,
-            Field::A => weekday = Some(DAYS.iter().position(|d| *d == v.to_lowercase())? as u32),
-            Field::BigA => {
-                weekday = Some(DAYS_FULL.iter().position(|d| *d == v.to_lowercase())? as u32)
-            }
+            Field::A => weekday = Some(name_index(&DAYS, v)? as u32),
+            Field::BigA => weekday = Some(name_index(&DAYS_FULL, v)? as u32),
             Field::W => weekday = Some((num()? + 6) % 7),
             Field::J => julian = Some(num()?),
             Field::U => week = Some((num()?, false)),
@@ -1091,7 +1328,20 @@ fn isalnum(c: Option<char>) -> bool {
     c.is_some_and(char::is_alphanumeric)
 }
 
+/// The wall clock for the template order (Fail2Ban's `time.time()` there):
+/// the kernel's coarse clock, a few milliseconds behind at most, which
+/// makes no difference to a 300-second rule and costs a fraction of a
+/// precise clock read (this runs on every line).
 fn wall_clock() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `ts`, a valid timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if r == 0 {
+        return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -1146,7 +1396,7 @@ impl DateState {
             _ => (0, line.len()),
         };
         self.slots_for = None;
-        if !tmpl.regex.search_at(&line[..end], start, &mut self.slots) {
+        if !tmpl.search_at(&line[..end], start, &mut self.slots) {
             return None;
         }
         self.template_hits[t] += 1;
@@ -1319,7 +1569,7 @@ impl DateState {
         {
             // another template was tried after the winner: find its groups again
             let hay = line.get(..m.range_end).unwrap_or(line);
-            if !tmpl.regex.search_at(hay, m.match_start, &mut self.slots) {
+            if !tmpl.search_at(hay, m.match_start, &mut self.slots) {
                 return None;
             }
             self.slots_for = Some((m.template, m.match_start));
@@ -1374,6 +1624,13 @@ mod tests {
     }
 
     #[test]
+    fn default_templates_compile() {
+        for t in &defaults().all {
+            assert!(t.pattern().is_some(), "{}", t.name);
+        }
+    }
+
+    #[test]
     fn default_template_names_match_fail2ban() {
         let d = DateDetector::with_defaults();
         assert_eq!(d.templates.len(), 31);
@@ -1408,6 +1665,91 @@ mod tests {
         assert_eq!(zone_offset("CET+01"), Some(120));
         assert_eq!(zone_offset("error"), None);
         assert!(parse_time_zone("Europe/Nowhere").is_err());
+    }
+
+    /// The hand-written syslog matcher must give exactly the regex's
+    /// match (or no answer) on every text, including the ones that make the
+    /// regex backtrack.
+    #[test]
+    fn syslog_fast_path_agrees_with_the_regex() {
+        let det = DateDetector::from_datepattern("{^LN-BEG}").unwrap();
+        let tmpl = det
+            .templates
+            .iter()
+            .find(|t| t.fast.is_some())
+            .expect("the {^LN-BEG} syslog template has a fast path");
+        assert!(tmpl.name.starts_with("{^LN-BEG}(?:DAY )?MON Day"));
+        let fast = tmpl.fast.as_ref().unwrap();
+        // (options, how many of the first ones are the usual shapes)
+        let parts: &[(&[&str], u64)] = &[
+            (
+                &["", "Sun ", "sat ", "Mon", "Xyz ", "[", " ", "é", "Ssun "],
+                3,
+            ),
+            (&["Mar", "mar", "DEC", "Jan", "Sep", "ſep", "Foo", "Ma"], 5),
+            (&[" ", "  ", "-"], 1),
+            (
+                &[
+                    "1", " 1", "01", "09", "10", "29", "30", "31", "32", "3", "0", " ", "4",
+                ],
+                9,
+            ),
+            (&[" ", "  ", ""], 1),
+            (
+                &["0", "00", "09", "12", "23", "24", "29", "3", "x", " 5"],
+                8,
+            ),
+            (&[":"], 1),
+            (&["0", "00", "59", "60", "5", "7", ":"], 6),
+            (&[":", ""], 1),
+            (&["0", "00", "59", "60", "61", "62", "6", "9", "001"], 8),
+            (&["", ".123456", ".1", ".", ".1234567", ".x", ",1"], 3),
+            (
+                &["", " 2026", " 2019", " 1999", " 20261", " 202", " 2026x"],
+                3,
+            ),
+            (
+                &["", " host", "x", "_", "1", ":", "é", " ssh[1]: a ٢", "\n"],
+                2,
+            ),
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut slots = Slots::default();
+        let mut spans = Vec::new();
+        let (mut answered, mut matched) = (0, 0);
+        for _ in 0..200_000 {
+            let line: String = parts
+                .iter()
+                .map(|&(o, usual)| {
+                    let k = if next() % 8 == 0 {
+                        o.len() as u64
+                    } else {
+                        usual
+                    };
+                    o[(next() % k) as usize]
+                })
+                .collect();
+            let want = tmpl
+                .pattern()
+                .unwrap()
+                .search_at(&line, 0, &mut slots)
+                .then(|| (0..10).map(|g| slots.get(g)).collect::<Vec<_>>());
+            matched += usize::from(want.is_some());
+            if fast.find(&line, &mut spans) {
+                answered += 1;
+                assert_eq!(Some(spans.clone()), want, "line {line:?}");
+            }
+        }
+        assert!(
+            answered > 20_000 && matched > answered,
+            "{answered} {matched}"
+        );
     }
 
     #[test]

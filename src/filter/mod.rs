@@ -18,8 +18,9 @@ use prefilter::Prefilter;
 use pyre::{glob_to_local_flags, Pattern, PatternError, Slots};
 pub use reader::{definition_options, resolve_for_jail, FILTER_OPTIONS};
 pub use reader::{read_filter, read_filter_at, FilterDefinition, ReadError};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 pub use tags::UseDns;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,26 +98,51 @@ pub type Value = compact_str::CompactString;
 
 /// Named groups of a match (Python's `groupdict`, plus merged values):
 /// a handful of entries, so a small vector searched linearly.
+///
+/// Names are interned (see [`intern`]): copying a failure's groups then
+/// copies pointers instead of counting references to shared names, which
+/// the hot path did several times per failure.
 #[derive(Debug, Clone, Default)]
-pub struct Groups(Vec<(Arc<str>, Option<Value>)>);
+pub struct Groups(Vec<(&'static str, Option<Value>)>);
 
 impl Groups {
     pub fn get(&self, name: &str) -> Option<&Option<Value>> {
-        self.0.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
     pub fn insert(&mut self, name: Arc<str>, value: Option<Value>) {
+        self.set(intern(&name), value);
+    }
+    fn set(&mut self, name: &'static str, value: Option<Value>) {
         match self.0.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
             None => self.0.push((name, value)),
         }
     }
     pub fn remove(&mut self, name: &str) -> Option<Option<Value>> {
-        let pos = self.0.iter().position(|(k, _)| &**k == name)?;
+        let pos = self.0.iter().position(|(k, _)| *k == name)?;
         Some(self.0.remove(pos).1)
     }
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.0.iter().map(|(k, v)| (&**k, v.as_deref()))
+        self.0.iter().map(|(k, v)| (*k, v.as_deref()))
     }
+}
+
+/// The one `'static` copy of a group name. Names come from filter files
+/// (a few dozen distinct ones: `user`, `ip4`, `mlfid`, ...), never from
+/// log lines, so the copies kept for the life of the process stay few even
+/// across reloads (a name already known is not copied again).
+fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    // a poisoned lock still holds a valid set (insertions are atomic)
+    let mut set = names.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&known) = set.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    set.insert(leaked);
+    leaked
 }
 
 /// The data of one failure (Fail2Ban's `fail` dict).
@@ -145,11 +171,27 @@ impl FailData {
     fn pop(&mut self, name: &str) -> Option<Option<Value>> {
         self.groups.remove(name)
     }
+    /// A copy with only the groups that decide what a failure is (see
+    /// [`FilterState::set_lean_failures`]).
+    fn deciding(&self) -> FailData {
+        FailData {
+            groups: Groups(
+                self.groups
+                    .0
+                    .iter()
+                    .filter(|(k, _)| *k == "nofail" || ID_GROUPS.contains(k))
+                    .cloned()
+                    .collect(),
+            ),
+            ..FailData::default()
+        }
+    }
+
     /// `dict.update` with the non-`None` values of `other`'s groups.
     fn update_non_none(&mut self, other: &FailData) {
-        for (k, v) in &other.groups.0 {
+        for &(k, ref v) in &other.groups.0 {
             if v.is_some() {
-                self.groups.insert(k.clone(), v.clone());
+                self.groups.set(k, v.clone());
             }
         }
         if other.users.is_some() {
@@ -159,11 +201,16 @@ impl FailData {
             self.mlfpending = true;
         }
     }
-    fn update_users(&mut self, user: Option<String>) -> Option<BTreeSet<String>> {
+    /// Adds `user` to the users seen; returns whether more than one user
+    /// is known now (all that merging needs to know about them).
+    fn update_users(&mut self, user: Option<&str>) -> bool {
         if let Some(u) = user {
-            self.users.get_or_insert_with(BTreeSet::new).insert(u);
+            let users = self.users.get_or_insert_with(BTreeSet::new);
+            if !users.contains(u) {
+                users.insert(u.to_string());
+            }
         }
-        self.users.clone()
+        self.users.as_ref().is_some_and(|u| u.len() > 1)
     }
 }
 
@@ -228,10 +275,14 @@ struct CompiledRegex {
     source: String,
     pattern: Pattern,
     /// (group number, name) of every named group.
-    named: Vec<(usize, Arc<str>)>,
+    named: Vec<(usize, &'static str)>,
     /// `alt_user_1` -> `user` style merges: (group number, target name).
-    alts: Vec<(usize, Arc<str>)>,
+    alts: Vec<(usize, &'static str)>,
     skiplines: Vec<usize>,
+    /// The group number of `content` when its value is its own text (no
+    /// `alt_` group merges into it): the prefregex leaves it out of the
+    /// groups and reads it from the match.
+    content: Option<usize>,
 }
 
 impl CompiledRegex {
@@ -245,18 +296,14 @@ impl CompiledRegex {
         }
         let pattern = Pattern::new(&glob_to_local_flags(&resolved), multiline)?;
         let mut named = Vec::new();
-        let mut alts: Vec<(String, usize, Arc<str>)> = Vec::new();
+        let mut alts: Vec<(String, usize, &'static str)> = Vec::new();
         let mut skip: Vec<(usize, usize)> = Vec::new();
         for (i, n) in pattern.names().iter().enumerate() {
             let Some(n) = n else { continue };
-            named.push((i, Arc::from(n.as_str())));
+            named.push((i, intern(n)));
             if let Some(rest) = n.strip_prefix("alt_") {
                 let base = strip_numeric_suffix(rest);
-                alts.push((
-                    n.clone(),
-                    i,
-                    Arc::from(tags::custom_group_name(base).as_str()),
-                ));
+                alts.push((n.clone(), i, intern(&tags::custom_group_name(base))));
             }
             if let Some(k) = n
                 .strip_prefix("skiplines")
@@ -267,35 +314,52 @@ impl CompiledRegex {
         }
         alts.sort_by(|a, b| a.0.cmp(&b.0));
         skip.sort();
+        let content = named
+            .iter()
+            .find(|(_, n)| *n == "content")
+            .map(|(i, _)| *i)
+            .filter(|_| !alts.iter().any(|(_, _, t)| *t == "content"));
         Ok(CompiledRegex {
             source: src.to_string(),
             pattern,
             named,
             alts: alts.into_iter().map(|(_, i, t)| (i, t)).collect(),
             skiplines: skip.into_iter().map(|(_, i)| i).collect(),
+            content,
         })
     }
 
     fn has_group(&self, name: &str) -> bool {
-        self.named.iter().any(|(_, n)| &**n == name)
+        self.named.iter().any(|(_, n)| *n == name)
     }
 
-    /// `groupdict()` with `alt_` values merged.
-    fn groups(&self, hay: &str, slots: &Slots) -> Groups {
-        let mut g = Groups(
+    /// `groupdict()` with `alt_` values merged, into `g` (emptied first,
+    /// so its buffer is reused), with room for `extra` more entries; group
+    /// number `skip` is left out (as if removed afterwards; only for a
+    /// group no `alt_` group merges into).
+    fn groups_into(
+        &self,
+        hay: &str,
+        slots: &Slots,
+        extra: usize,
+        skip: Option<usize>,
+        g: &mut Groups,
+    ) {
+        g.0.clear();
+        g.0.reserve(self.named.len() + self.alts.len() + extra);
+        g.0.extend(
             self.named
                 .iter()
-                .map(|(i, n)| (n.clone(), slots.text(hay, *i).map(Value::from)))
-                .collect(),
+                .filter(|(i, _)| Some(*i) != skip)
+                .map(|&(i, n)| (n, slots.text(hay, i).map(Value::from))),
         );
-        for (i, target) in &self.alts {
-            if let Some(v) = slots.text(hay, *i).filter(|v| !v.is_empty()) {
+        for &(i, target) in &self.alts {
+            if let Some(v) = slots.text(hay, i).filter(|v| !v.is_empty()) {
                 if !truthy(g.get(target)) {
-                    g.insert(target.clone(), Some(Value::from(v)));
+                    g.set(target, Some(Value::from(v)));
                 }
             }
         }
-        g
     }
 
     fn skipped_lines(&self, hay: &str, slots: &Slots) -> Vec<String> {
@@ -463,11 +527,62 @@ struct MlfidEntry {
 /// the oldest dropped first.
 #[derive(Debug, Default)]
 struct MlfidCache {
-    entries: std::collections::HashMap<String, MlfidEntry>,
+    entries: std::collections::HashMap<Value, MlfidEntry, BuildFx>,
     /// Insertion order; keys whose entry was removed or replaced are
     /// skipped when they come up.
-    order: std::collections::VecDeque<(u64, String)>,
+    order: std::collections::VecDeque<(u64, Value)>,
     next_seq: u64,
+}
+
+/// FxHash (rustc's hasher) for the `<F-MLFID>` cache: its keys come from
+/// log lines, but it holds at most [`MLFID_MAX`] entries, so keys made to
+/// collide cost at most that many comparisons; SipHash took longer than
+/// the rest of a lookup.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildFx;
+
+impl std::hash::BuildHasher for BuildFx {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        // the multiply leaves the low bits weak; the table indexes by them
+        let h = self.0;
+        h ^ (h >> 29) ^ (h >> 47)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
 }
 
 const MLFID_MAX: usize = 100;
@@ -504,9 +619,9 @@ impl MlfidCache {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.push_back((seq, k.to_string()));
+        self.order.push_back((seq, Value::from(k)));
         self.entries.insert(
-            k.to_string(),
+            Value::from(k),
             MlfidEntry {
                 data,
                 expires: now + MLFID_TTL,
@@ -540,11 +655,22 @@ pub struct FilterState {
     mlfid: MlfidCache,
     buf: String,
     content: String,
+    /// The prefregex's groups of the current line (reused buffer).
+    pre_groups: Groups,
     slots: Slots,
     candidates: Vec<bool>,
     pub info: LineInfo,
     /// Lines whose backtracking search hit its limit (counted, not fatal).
     pub regex_errors: u64,
+    /// See [`FilterState::set_lean_failures`].
+    lean: bool,
+}
+
+/// Buffers [`FilterState::find_failure_in`] reuses from line to line.
+struct Scratch {
+    buf: String,
+    hay_owned: String,
+    pre_groups: Groups,
 }
 
 /// Joins buffered lines as Fail2Ban hands them to regexes: each line
@@ -563,15 +689,15 @@ fn join_lines(lines: &[Arc<TupleLine>], out: &mut String) {
 
 /// Fail2Ban's split of a buffer into the lines a match covered and the
 /// rest (minus lines consumed by `<SKIPLINES>`).
-fn split_matched(
+fn split_matched<'o>(
     buf: &str,
     start: usize,
     end: usize,
-    org: &[Arc<TupleLine>],
+    org: &'o [Arc<TupleLine>],
     skipped: &[String],
-) -> (Vec<Arc<TupleLine>>, Vec<Arc<TupleLine>>) {
+) -> (Cow<'o, [Arc<TupleLine>]>, Vec<Arc<TupleLine>>) {
     if org.len() <= 1 {
-        return (org.to_vec(), Vec::new());
+        return (Cow::Borrowed(org), Vec::new());
     }
     let line_start = buf[..(start + 1).min(buf.len())]
         .rfind('\n')
@@ -593,7 +719,7 @@ fn split_matched(
         }
     }
     unmatched.extend_from_slice(&org[c2..]);
-    (matched, unmatched)
+    (Cow::Owned(matched), unmatched)
 }
 
 impl FilterState {
@@ -607,11 +733,23 @@ impl FilterState {
             mlfid: MlfidCache::default(),
             buf: String::new(),
             content: String::new(),
+            pre_groups: Groups::default(),
             slots: Slots::default(),
             candidates: Vec::new(),
             info: LineInfo::default(),
             regex_errors: 0,
+            lean: false,
         }
+    }
+
+    /// Lean failures: the [`Failure`]s returned keep only what decides
+    /// them (`regex`, `fid`, `time` and the `nofail`, `fid`, `ip4`, `ip6`,
+    /// `dns` groups); their log lines, users and other groups are left out.
+    /// Which lines fail, with which regex and id, is unchanged (the
+    /// `<F-MLFID>` cache keeps its full data), but nothing is copied for
+    /// the caller: for counting (`banhammer regex`), not for bans.
+    pub fn set_lean_failures(&mut self, lean: bool) {
+        self.lean = lean;
     }
 
     /// Lines held for a multi-line match (`maxlines` > 1).
@@ -627,6 +765,21 @@ impl FilterState {
     /// Processes one log line whose timestamp is in the text.
     /// `now` is the clock (epoch seconds) for year and day inference.
     pub fn process_line(&mut self, filter: &Filter, line: &str, now: f64) -> Vec<Failure> {
+        let mut out = Vec::new();
+        self.process_line_into(filter, line, now, &mut out);
+        out
+    }
+
+    /// [`process_line`](Self::process_line), appending the failures to
+    /// `out` (a caller that reuses `out` from line to line saves an
+    /// allocation per line).
+    pub fn process_line_into(
+        &mut self,
+        filter: &Filter,
+        line: &str,
+        now: f64,
+        out: &mut Vec<Failure>,
+    ) {
         let mut date: Option<f64> = None;
         match self.dates.match_time(&filter.dates, line) {
             Some(m) => {
@@ -658,7 +811,7 @@ impl FilterState {
                 date = Some(d);
             }
         }
-        self.find_failure(filter, date, now)
+        self.find_failure(filter, date, now, out);
     }
 
     /// Processes one message whose time is known (journal, syslog header):
@@ -674,7 +827,9 @@ impl FilterState {
         self.last_time_text.clear();
         self.last_time_text.push_str(time_text);
         self.last_date = Some(time);
-        self.find_failure(filter, Some(time), time)
+        let mut out = Vec::new();
+        self.find_failure(filter, Some(time), time, &mut out);
+        out
     }
 
     fn recent_date(&self, now: f64) -> Option<f64> {
@@ -711,28 +866,41 @@ impl FilterState {
         found
     }
 
-    fn find_failure(&mut self, filter: &Filter, date: Option<f64>, now: f64) -> Vec<Failure> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut hay_owned = std::mem::take(&mut self.content);
+    fn find_failure(
+        &mut self,
+        filter: &Filter,
+        date: Option<f64>,
+        now: f64,
+        out: &mut Vec<Failure>,
+    ) {
+        let mut scratch = Scratch {
+            buf: std::mem::take(&mut self.buf),
+            hay_owned: std::mem::take(&mut self.content),
+            pre_groups: std::mem::take(&mut self.pre_groups),
+        };
         let current = std::mem::take(&mut self.current);
-        let out = self.find_failure_in(filter, date, now, &current, &mut buf, &mut hay_owned);
-        self.buf = buf;
-        self.content = hay_owned;
+        self.find_failure_in(filter, date, now, &current, &mut scratch, out);
+        self.buf = scratch.buf;
+        self.content = scratch.hay_owned;
+        self.pre_groups = scratch.pre_groups;
         self.current = current;
-        out
     }
 
-    /// Fail2Ban's `findFailure` (with `buf` and `hay_owned` as scratch).
+    /// Fail2Ban's `findFailure`, appending to `out`.
     fn find_failure_in(
         &mut self,
         filter: &Filter,
         date: Option<f64>,
         now: f64,
         current: &TupleLine,
-        buf: &mut String,
-        hay_owned: &mut String,
-    ) -> Vec<Failure> {
-        let mut out = Vec::new();
+        scratch: &mut Scratch,
+        out: &mut Vec<Failure>,
+    ) {
+        let Scratch {
+            buf,
+            hay_owned,
+            pre_groups: pre_scratch,
+        } = scratch;
         self.info.prefregex_matched = false;
         self.info.ignored_by.clear();
         let check_all = filter.options.check_all;
@@ -758,33 +926,43 @@ impl FilterState {
             && (filter.ignoreregex.len() as isize) < (filter.failregex.len() as isize - 2)
             && self.ignore_line(filter, buf, None).is_some()
         {
-            return out;
+            return;
         }
 
-        let mut pre_groups: Option<Groups> = None;
+        let mut pre_groups: Option<&Groups> = None;
         // where the failregexes look: the buffer, or the prefregex content
         let mut content: Option<(usize, usize)> = None;
         if let Some(pref) = &filter.prefregex {
             if !pref.pattern.search(buf, &mut self.slots) {
-                return out;
+                return;
             }
             self.info.prefregex_matched = true;
-            let mut g = pref.groups(buf, &self.slots);
-            if let Some(Some(c)) = g.remove("content") {
-                if !c.is_empty() {
-                    if let Some(idx) = pref.pattern.group_index("content") {
-                        content = self.slots.get(idx);
-                    }
-                    if multi {
-                        self.line_buffer = vec![Arc::new(TupleLine {
-                            pre: String::new(),
-                            date: String::new(),
-                            post: c.to_string(),
-                        })];
-                    }
+            // the groups without `content` (its text is taken from the slots)
+            let removed: Option<Value>;
+            let c: Option<&str> = match pref.content {
+                Some(ci) => {
+                    pref.groups_into(buf, &self.slots, 0, Some(ci), pre_scratch);
+                    self.slots.text(buf, ci)
+                }
+                None => {
+                    pref.groups_into(buf, &self.slots, 0, None, pre_scratch);
+                    removed = pre_scratch.remove("content").flatten();
+                    removed.as_deref()
+                }
+            };
+            if let Some(c) = c.filter(|c| !c.is_empty()) {
+                if let Some(idx) = pref.pattern.group_index("content") {
+                    content = self.slots.get(idx);
+                }
+                if multi {
+                    self.line_buffer = vec![Arc::new(TupleLine {
+                        pre: String::new(),
+                        date: String::new(),
+                        post: c.to_string(),
+                    })];
                 }
             }
-            pre_groups = Some(g);
+            pre_groups = Some(pre_scratch);
         }
         // the text failregexes search: `content\n` or the whole buffer
         hay_owned.clear();
@@ -799,7 +977,7 @@ impl FilterState {
 
         if let Some(pf) = &filter.prefilter {
             if !pf.candidates(hay, &mut self.candidates) {
-                return out;
+                return;
             }
         }
         let mut hay_valid = true;
@@ -829,16 +1007,17 @@ impl FilterState {
                 continue;
             }
             let (ms, me) = self.slots.get(0).unwrap_or((0, 0));
-            let mut fail = FailData {
-                groups: fr.groups(hay, &self.slots),
-                ..FailData::default()
-            };
+            let mut fail = FailData::default();
+            // room for the prefregex's groups, merged below
+            let extra = pre_groups.map_or(0, |p| p.0.len());
+            fr.groups_into(hay, &self.slots, extra, None, &mut fail.groups);
             let skipped = if multi {
                 fr.skipped_lines(hay, &self.slots)
             } else {
                 Vec::new()
             };
-            if !multi && org.is_empty() {
+            // (lean single-line failures carry no lines: nothing decides by them)
+            if !multi && org.is_empty() && !self.lean {
                 org.push(Arc::new(current.clone()));
             }
             let (matched, unmatched) = split_matched(hay, ms, me, &org, &skipped);
@@ -866,25 +1045,25 @@ impl FilterState {
                 }
                 hay_valid = false;
             }
-            if let Some(pre) = &pre_groups {
+            if let Some(pre) = pre_groups {
                 // `pre.copy().update(fail)`: the failregex's values win
-                for (k, v) in &pre.0 {
+                for &(k, ref v) in &pre.0 {
                     if fail.groups.get(k).is_none() {
-                        fail.groups.0.push((k.clone(), v.clone()));
+                        fail.groups.0.push((k, v.clone()));
                     }
                 }
             }
-            let mlfid = fail.get("mlfid").map(str::to_string);
+            let mlfid = fail.get("mlfid").map(Value::from);
             let mut in_cache = false;
             if let Some(id) = &mlfid {
                 let (merged, cached) = self.merge_failure(id, fail, &matched, now);
                 fail = merged;
                 in_cache = cached;
                 if fail.truthy("nofail") && !check_all {
-                    return out;
+                    return;
                 }
             } else {
-                fail.matches.extend(matched.iter().cloned());
+                fail.matches.extend_from_slice(&matched);
             }
             let fid = fail.get("fid").map(str::to_string);
             let ip = fail
@@ -905,7 +1084,7 @@ impl FilterState {
                     }
                 }
                 if !check_all && filter.options.ignore_pending {
-                    return out;
+                    return;
                 }
                 out.push(Failure {
                     regex: idx,
@@ -920,7 +1099,7 @@ impl FilterState {
             };
             let fid = match fid {
                 Some(f) if f != ip => {
-                    fail.groups.insert(Arc::from("ip"), Some(Value::from(ip)));
+                    fail.groups.set("ip", Some(Value::from(ip)));
                     f
                 }
                 _ => ip,
@@ -935,7 +1114,6 @@ impl FilterState {
                 break;
             }
         }
-        out
     }
 
     /// Fail2Ban's `_mergeFailure`: combines a failure with what is known
@@ -953,7 +1131,7 @@ impl FilterState {
             flags |= 8 | 1;
             if !fail.truthy("nofail") {
                 let g = fail.groups.get("mlfgained").cloned().flatten();
-                fail.groups.insert(Arc::from("nofail"), g);
+                fail.groups.set("nofail", g);
             }
         } else if fail.truthy("nofail") {
             flags |= 1;
@@ -961,15 +1139,16 @@ impl FilterState {
         if truthy(fail.pop("mlfforget").as_ref()) {
             flags |= 2;
         }
-        let user = fail.get("user").map(str::to_string);
+        let user = fail.get("user").map(Value::from);
+        let user = user.as_deref();
         let forget = flags & 2 != 0;
-        let users;
+        let many_users;
         // the merged data: the cached entry updated in place, or this failure
         let entry = self.mlfid.get(mlfid, now).map(|e| &mut e.data);
         let was_cached = entry.is_some();
         let merged: &mut FailData = match entry {
             Some(g) => {
-                users = g.update_users(user);
+                many_users = g.update_users(user);
                 if truthy(g.pop("nofail").as_ref()) {
                     flags |= 4;
                 }
@@ -986,16 +1165,12 @@ impl FilterState {
                 g
             }
             None => {
-                users = if forget {
-                    None
-                } else {
-                    fail.update_users(user)
-                };
+                many_users = !forget && fail.update_users(user);
                 &mut fail
             }
         };
         let pending = std::mem::take(&mut merged.mlfpending);
-        if pending || users.is_some_and(|u| u.len() > 1) {
+        if pending || many_users {
             merged.pop("nofail");
             merged.pop("mlfgained");
             flags &= !(8 | 1);
@@ -1011,13 +1186,22 @@ impl FilterState {
             merged.nofail_matches.extend(matched.iter().cloned());
         }
         if was_cached {
-            let result = merged.clone();
+            let result = if self.lean {
+                merged.deciding()
+            } else {
+                merged.clone()
+            };
             if forget {
                 self.mlfid.remove(mlfid);
             }
             return (result, !forget);
         }
         if !forget {
+            if self.lean {
+                let result = fail.deciding();
+                self.mlfid.set(mlfid, fail, now);
+                return (result, true);
+            }
             self.mlfid.set(mlfid, fail.clone(), now);
         }
         (fail, !forget)

@@ -2079,6 +2079,11 @@ impl Slots {
     pub fn get(&self, group: usize) -> Option<(usize, usize)> {
         self.spans.get(group).copied().flatten()
     }
+    /// The group spans, for a matcher outside this module that finds them
+    /// itself (see `date::SyslogStart`).
+    pub(crate) fn spans_mut(&mut self) -> &mut Vec<Option<(usize, usize)>> {
+        &mut self.spans
+    }
     pub fn text<'h>(&self, hay: &'h str, group: usize) -> Option<&'h str> {
         self.get(group).map(|(s, e)| &hay[s..e])
     }
@@ -2348,36 +2353,96 @@ fn byte_classes(pattern: &str) -> Option<Box<[u8; 256]>> {
 /// (a line's prefix), the shape of the match found by the DFA and the
 /// classes of the bytes around it, which is all the groups depend on. The
 /// cache switches itself off for patterns where it rarely hits.
+///
+/// Entries live in two generations, each an arena of bytes (one
+/// allocation, no pointer per entry) indexed by the key's hash: when the
+/// young one is full it becomes the old one and the old one is dropped, so
+/// shapes in steady use survive (an entry found in the old generation is
+/// copied to the young one) while memory stays bounded.
 #[derive(Debug, Default)]
 struct ShapeCache {
-    map: std::collections::HashMap<u64, ShapeEntry, BuildIdentity>,
+    young: ShapeArena,
+    old: ShapeArena,
     /// The key being looked up; the key of the next `store`.
     scratch: Vec<u8>,
     extra: u64,
     hash: u64,
-    /// The entry of the last hit.
-    last: u64,
+    /// Where the entry of the last hit starts in `young`.
+    last: usize,
     lookups: u32,
     hits: u32,
     off: bool,
 }
 
-#[derive(Debug)]
-struct ShapeEntry {
-    shape: Box<[u8]>,
-    extra: u64,
-    found: bool,
-    /// Group spans relative to the start of the shaped text; `u32::MAX` =
-    /// the group did not take part.
-    spans: Box<[(u32, u32)]>,
+/// One generation: entries back to back in `bytes`, found by `index`
+/// (key hash -> offset). An entry is a [`ShapeHeader`] (`SHAPE_HEADER`
+/// bytes), its group spans relative to the start of the shaped text (two
+/// `u16` each; `u16::MAX` for a group that did not take part), then the
+/// shape.
+#[derive(Debug, Default)]
+struct ShapeArena {
+    index: std::collections::HashMap<u64, u32, BuildIdentity>,
+    bytes: Vec<u8>,
 }
 
-/// Entries kept per pattern; the cache starts over when full.
-const SHAPE_CAPACITY: usize = 8192;
+/// extra (8 bytes), shape length (4), number of spans (2), found (1), pad (1).
+const SHAPE_HEADER: usize = 16;
+/// Arena bytes per generation (a shape of a log line with its groups takes
+/// about 100 to 150).
+const SHAPE_ARENA_BYTES: usize = 1 << 20;
 /// Lookups per hit-rate check.
 const SHAPE_WINDOW: u32 = 8192;
 /// `extra` for a text with no byte before or after it.
 const SHAPE_EDGE: u64 = 0x100;
+
+struct ShapeHeader {
+    extra: u64,
+    len: usize,
+    spans: usize,
+    found: bool,
+}
+
+impl ShapeArena {
+    fn header(&self, at: usize) -> ShapeHeader {
+        let b = &self.bytes[at..at + SHAPE_HEADER];
+        let mut extra = [0u8; 8];
+        extra.copy_from_slice(&b[..8]);
+        ShapeHeader {
+            extra: u64::from_le_bytes(extra),
+            len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize,
+            spans: usize::from(u16::from_le_bytes([b[12], b[13]])),
+            found: b[14] != 0,
+        }
+    }
+
+    /// The entry for `hash` if it is exactly (`shape`, `extra`): its offset
+    /// and `found`.
+    fn find(&self, hash: u64, shape: &[u8], extra: u64) -> Option<(usize, bool)> {
+        let at = *self.index.get(&hash)? as usize;
+        let h = self.header(at);
+        let text = at + SHAPE_HEADER + 4 * h.spans;
+        (h.extra == extra && h.len == shape.len() && self.bytes[text..text + h.len] == *shape)
+            .then_some((at, h.found))
+    }
+
+    /// The whole entry at `at` (to copy it into another generation).
+    fn entry(&self, at: usize) -> &[u8] {
+        let h = self.header(at);
+        &self.bytes[at..at + SHAPE_HEADER + 4 * h.spans + h.len]
+    }
+
+    fn push(&mut self, hash: u64, entry: &[u8]) -> Option<usize> {
+        let at = self.bytes.len();
+        let at32 = u32::try_from(at).ok()?;
+        self.bytes.extend_from_slice(entry);
+        self.index.insert(hash, at32);
+        Some(at)
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.len() >= SHAPE_ARENA_BYTES
+    }
+}
 
 impl ShapeCache {
     fn enabled(&self) -> bool {
@@ -2393,13 +2458,19 @@ impl ShapeCache {
         self.extra = extra;
         self.hash = shape_hash(&self.scratch, extra);
         self.lookups += 1;
-        let hit = match self.map.get(&self.hash) {
-            Some(e) if e.extra == extra && *e.shape == *self.scratch => Some(e.found),
-            _ => None,
-        };
-        if hit.is_some() {
+        let mut hit = self.young.find(self.hash, &self.scratch, extra);
+        if hit.is_none() {
+            if let Some((at, found)) = self.old.find(self.hash, &self.scratch, extra) {
+                // still in use: keep it in the young generation (copied
+                // first: making room may drop the old generation)
+                let entry = self.old.entry(at).to_vec();
+                self.make_room();
+                hit = self.young.push(self.hash, &entry).map(|at| (at, found));
+            }
+        }
+        if let Some((at, _)) = hit {
             self.hits += 1;
-            self.last = self.hash;
+            self.last = at;
         }
         if self.lookups >= SHAPE_WINDOW {
             // fewer than one hit in eight: the shapes do not repeat enough
@@ -2407,54 +2478,76 @@ impl ShapeCache {
             self.lookups = 0;
             self.hits = 0;
             if self.off {
-                self.map = Default::default();
+                self.young = ShapeArena::default();
+                self.old = ShapeArena::default();
             }
         }
-        hit
+        hit.map(|(_, found)| found)
+    }
+
+    /// Starts a new young generation if the current one is full.
+    fn make_room(&mut self) {
+        if self.young.full() {
+            self.old = std::mem::take(&mut self.young);
+            // about as many entries again; no growing on the way
+            self.young
+                .bytes
+                .reserve(SHAPE_ARENA_BYTES + SHAPE_ARENA_BYTES / 8);
+            self.young.index.reserve(self.old.index.len());
+        }
     }
 
     /// The spans of the last hit, moved to `base`.
     fn hit_spans(&self, base: usize, out: &mut Vec<Option<(usize, usize)>>) {
-        if let Some(e) = self.map.get(&self.last) {
-            out.extend(
-                e.spans
-                    .iter()
-                    .map(|&(a, b)| (a != u32::MAX).then(|| (a as usize + base, b as usize + base))),
-            );
-        }
+        let at = self.last;
+        let h = self.young.header(at);
+        let spans = &self.young.bytes[at + SHAPE_HEADER..at + SHAPE_HEADER + 4 * h.spans];
+        out.extend(spans.chunks_exact(4).map(|c| {
+            let a = u16::from_le_bytes([c[0], c[1]]);
+            let b = u16::from_le_bytes([c[2], c[3]]);
+            (a != u16::MAX).then(|| (usize::from(a) + base, usize::from(b) + base))
+        }));
     }
 
     /// Remembers the outcome for the key of the last (missed) lookup; the
-    /// spans are moved from `base`.
+    /// spans are moved from `base`. Matches too long for the arena's
+    /// 16-bit offsets are not remembered.
     fn store(&mut self, found: bool, spans: &[Option<(usize, usize)>], base: usize) {
         if self.off {
             return;
         }
-        let Some(spans) = spans
-            .iter()
-            .map(|s| match *s {
-                None => Some((u32::MAX, u32::MAX)),
-                Some((a, b)) => Some((
-                    u32::try_from(a.checked_sub(base)?).ok()?,
-                    u32::try_from(b.checked_sub(base)?).ok()?,
-                )),
-            })
-            .collect::<Option<Box<[_]>>>()
-        else {
+        let (Ok(len), Ok(n)) = (
+            u32::try_from(self.scratch.len()),
+            u16::try_from(spans.len()),
+        ) else {
             return;
         };
-        if self.map.len() >= SHAPE_CAPACITY {
-            self.map.clear();
+        let mut entry = Vec::with_capacity(SHAPE_HEADER + 4 * spans.len() + self.scratch.len());
+        entry.extend_from_slice(&self.extra.to_le_bytes());
+        entry.extend_from_slice(&len.to_le_bytes());
+        entry.extend_from_slice(&n.to_le_bytes());
+        entry.extend_from_slice(&[u8::from(found), 0]);
+        for s in spans {
+            let (a, b) = match *s {
+                None => (u16::MAX, u16::MAX),
+                Some((a, b)) => {
+                    let rel = |x: usize| {
+                        x.checked_sub(base)
+                            .and_then(|r| u16::try_from(r).ok())
+                            .filter(|&r| r != u16::MAX)
+                    };
+                    match (rel(a), rel(b)) {
+                        (Some(a), Some(b)) => (a, b),
+                        _ => return,
+                    }
+                }
+            };
+            entry.extend_from_slice(&a.to_le_bytes());
+            entry.extend_from_slice(&b.to_le_bytes());
         }
-        self.map.insert(
-            self.hash,
-            ShapeEntry {
-                shape: self.scratch.as_slice().into(),
-                extra: self.extra,
-                found,
-                spans,
-            },
-        );
+        entry.extend_from_slice(&self.scratch);
+        self.make_room();
+        self.young.push(self.hash, &entry);
     }
 }
 
@@ -2929,6 +3022,55 @@ mod tests {
                 "pattern {p:?} matched only {matched} of the generated texts"
             );
         }
+    }
+
+    /// Entries survive the turnover of generations (those still looked up
+    /// are carried over) and come back with their own outcome and spans.
+    #[test]
+    fn shape_cache_generations_keep_exact_entries() {
+        let mut classes = [0u8; 256];
+        for (i, c) in classes.iter_mut().enumerate() {
+            *c = i as u8;
+        }
+        let spans = |i: usize| -> Vec<Option<(usize, usize)>> {
+            vec![Some((10, 14 + i % 7)), None, Some((10 + i % 5, 11 + i % 5))]
+        };
+        let mut cache = ShapeCache::default();
+        let mut flips = 0;
+        for round in 0..6 {
+            // texts seen every round, and texts seen in this round only
+            for (steady, i) in
+                (0..8_000).flat_map(|i| [(true, i), (false, 100_000 * (round + 1) + i)])
+            {
+                let text = format!("line {i:07} of a text");
+                // each text twice: the cache must stay switched on
+                for pass in 0..2 {
+                    let before = cache.young.bytes.len();
+                    match cache.lookup(&classes, text.as_bytes(), 7) {
+                        Some(found) => {
+                            assert_eq!(found, i % 3 != 0, "{i} round {round}");
+                            let mut out = Vec::new();
+                            if found {
+                                cache.hit_spans(10, &mut out);
+                                assert_eq!(out, spans(i), "{i} round {round}");
+                            }
+                        }
+                        None => {
+                            assert!(pass == 0 && (round == 0 || !steady), "{i} round {round}");
+                            cache.store(i % 3 != 0, &spans(i), 10);
+                        }
+                    }
+                    flips += usize::from(cache.young.bytes.len() < before);
+                }
+            }
+        }
+        assert!(cache.enabled());
+        assert!(flips >= 2, "{flips}");
+        // a different `extra` is a different key
+        assert_eq!(
+            cache.lookup(&classes, b"line 000001 of round-independent text", 8),
+            None
+        );
     }
 
     #[test]
