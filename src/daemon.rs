@@ -670,6 +670,17 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8081)))
     });
     if let Some(addr) = admin_addr {
+        let tls = match (&dcfg.web.admin_tls_cert, &dcfg.web.admin_tls_key) {
+            (Some(c), Some(k)) => {
+                Some(
+                    crate::tls::acceptor(c, k, None).map_err(|e| DaemonError::Io {
+                        what: format!("[web] admin_tls_cert/admin_tls_key: {e}"),
+                        cause: std::io::Error::other("bad TLS files"),
+                    })?,
+                )
+            }
+            _ => None,
+        };
         let dashboard =
             crate::web::stats::spawn(reader.clone(), d.directory.clone(), root.child_token());
         let state = crate::web::admin::AdminState {
@@ -692,6 +703,7 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             addr,
             "admin view",
             crate::web::admin::router(state),
+            tls,
             root.child_token(),
         )
         .await?;
@@ -706,6 +718,7 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             addr,
             "ban page",
             crate::web::banpage::router(state),
+            None,
             root.child_token(),
         )
         .await?;

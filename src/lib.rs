@@ -7,6 +7,7 @@
 //! - [`jail`]: failure windows, ban policy, the jail task.
 //! - [`store`]: SQLite state (failures, bans, positions), owned by one thread.
 //! - [`firewall`]: the action interface, native nftables, the actions that enforce bans.
+//! - [`tls`]: TLS server settings shared by the listeners.
 //! - [`web`]: the ban page (and, later, the admin view and API).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`daemon`]: starting, reloading and stopping everything.
@@ -23,4 +24,5 @@ pub mod jail;
 pub mod logging;
 pub mod source;
 pub mod store;
+pub mod tls;
 pub mod web;

@@ -350,3 +350,82 @@ fn ban_page_and_admin_view_in_a_real_browser() {
         "banhammer-admin on the daemon's log: {report}"
     );
 }
+
+/// The admin view over TLS: it answers HTTPS, and its cookies are Secure.
+#[test]
+fn the_admin_view_speaks_tls_with_secure_cookies() {
+    let pki = tempfile::tempdir().unwrap();
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .current_dir(pki.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let admin = free_port();
+    let s = Setup::new("");
+    s.write("auth.log", "");
+    s.write(
+        "conf/jail.conf",
+        &format!(
+            "[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\n",
+            s.path("auth.log").display()
+        ),
+    );
+    s.write_daemon_conf(&format!(
+        "[web]\nadmin_listen = 127.0.0.1:{admin}\nadmin_password_hash = {}\nadmin_tls_cert = {}/cert.pem\nadmin_tls_key = {}/key.pem\n",
+        hash(PASSWORD),
+        pki.path().display(),
+        pki.path().display()
+    ));
+    let d = s.start();
+    let mut c = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{admin}"),
+            "-CAfile",
+        ])
+        .arg(pki.path().join("cert.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let cookie = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: bh_login="))
+        .unwrap_or_else(|| panic!("no login cookie: {text}"));
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    d.stop();
+}

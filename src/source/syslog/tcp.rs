@@ -25,51 +25,12 @@ use tokio_util::sync::CancellationToken;
 /// with `tls_client_ca` the CA that client certificates must chain to
 /// (mutual TLS, RFC 5425).
 pub fn tls_acceptor(cfg: &SyslogConfig) -> Result<TlsAcceptor, SyslogError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
-        SyslogError::Tls(format!("{what} {}: {e}", path.display()))
-    };
     let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
         return Err(SyslogError::Tls(
             "a tls:// listener needs tls_cert and tls_key".into(),
         ));
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err("tls_cert", cert, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err("tls_cert", cert, &e))?;
-    if certs.is_empty() {
-        return Err(err("tls_cert", cert, &"no certificate in the file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err("tls_key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SyslogError::Tls(e.to_string()))?;
-    let builder = match &cfg.tls_client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| err("tls_client_ca", ca, &e))? {
-                let c = c.map_err(|e| err("tls_client_ca", ca, &e))?;
-                roots.add(c).map_err(|e| err("tls_client_ca", ca, &e))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| err("tls_client_ca", ca, &e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
-        SyslogError::Tls(format!(
-            "tls_cert and tls_key do not make a usable pair: {e}"
-        ))
-    })?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    crate::tls::acceptor(cert, key, cfg.tls_client_ca.as_deref()).map_err(SyslogError::Tls)
 }
 
 /// Binds `addr` and starts accepting; returns the bound address.
