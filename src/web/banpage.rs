@@ -183,6 +183,13 @@ async fn page(
         })?;
         return Ok((StatusCode::OK, [no_store], Html(body)).into_response());
     }
+    banned(&state, ip, &bans)
+}
+
+/// The 403 page for a banned visitor, with `Retry-After`.
+fn banned(state: &WebState, ip: IpAddr, bans: &[BanDetail]) -> Result<Response, super::WebError> {
+    let site = state.cfg.site_name.as_deref().unwrap_or("this server");
+    let no_store = (header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let now = crate::jail::now();
     let permanent = bans.iter().any(|b| b.ban.end.is_none());
     let last_end = bans.iter().filter_map(|b| b.ban.end).fold(0.0, f64::max);
@@ -209,16 +216,19 @@ async fn page(
     Ok(resp)
 }
 
+/// For reverse proxies: 204 when the visitor is not banned, else the ban
+/// page with 403 (nginx `auth_request` looks at the status only; Traefik's
+/// forwardAuth shows the page).
 async fn check(
     State(state): State<WebState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Response {
-    let (_, bans) = lookup(&state, peer, &headers).await;
+) -> Result<Response, super::WebError> {
+    let (ip, bans) = lookup(&state, peer, &headers).await;
     if bans.is_empty() {
-        StatusCode::NO_CONTENT.into_response()
+        Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        StatusCode::FORBIDDEN.into_response()
+        banned(&state, ip, &bans)
     }
 }
 
