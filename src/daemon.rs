@@ -129,6 +129,7 @@ impl Drop for PidFile {
 }
 
 struct RunningJail {
+    cfg: JailConfig,
     tx: mpsc::Sender<JailMsg>,
     /// Runs an nftables action.
     nft: bool,
@@ -156,6 +157,9 @@ struct Daemon {
     flush_on_exit: bool,
     /// A jail has used the iptables backend (so `stop --flush` cleans it).
     ipset_used: bool,
+    webhooks: Vec<crate::config::notify::WebhookConfig>,
+    /// What the store tells when it queues webhook messages.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// A jail ready to start: its configuration and compiled filter.
@@ -219,7 +223,7 @@ impl Daemon {
         let positions: HashMap<String, crate::store::Position> =
             state.positions.iter().cloned().collect();
         let cursor = state.cursor.clone();
-        let matcher = Arc::new(Matcher::new(filter.clone()));
+        let matcher = Arc::new(Matcher::new(filter.clone(), &name));
         let mut jail = Jail::new(cfg.clone(), filter, self.store.clone(), runner, tx.clone());
         jail.restore(state);
         let cancel = self.root.child_token();
@@ -284,6 +288,7 @@ impl Daemon {
         self.jails.insert(
             name,
             RunningJail {
+                cfg: cfg.clone(),
                 nft: cfg.actions.iter().any(|a| is_nftables(&a.name)),
                 ipt: {
                     let ipt = cfg.actions.iter().any(|a| is_iptables(&a.name));
@@ -321,6 +326,11 @@ impl Daemon {
     }
 
     async fn start_all(&mut self, prepared: Vec<Prepared>) {
+        let cfgs: Vec<JailConfig> = prepared.iter().map(|(c, _)| c.clone()).collect();
+        let _ = self.store.send(StoreCmd::SetRules {
+            rules: crate::notify::rules(&self.webhooks, &cfgs),
+            wake: self.wake.clone(),
+        });
         // the firewall collects every jail's restored bans and writes the
         // table once, when all of them are in
         self.hold();
@@ -351,6 +361,16 @@ impl Daemon {
         };
         self.firewall.send(FwCmd::Expect(pick(|j| j.nft)));
         self.ipset.send(FwCmd::Expect(pick(|j| j.ipt)));
+        self.update_rules();
+    }
+
+    /// Tells the store which webhooks report which of the running jails.
+    fn update_rules(&self) {
+        let cfgs: Vec<JailConfig> = self.jails.values().map(|j| j.cfg.clone()).collect();
+        let _ = self.store.send(StoreCmd::SetRules {
+            rules: crate::notify::rules(&self.webhooks, &cfgs),
+            wake: self.wake.clone(),
+        });
     }
 
     /// Rebuilds the configuration; swaps it in only if every jail is good.
@@ -407,6 +427,47 @@ impl Daemon {
         match req {
             Request::Ping => {
                 let _ = reply.send(Response::ok(serde_json::json!("pong")));
+            }
+            Request::Outbox { action, id, state } => {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    let r = match (action.as_str(), id) {
+                        ("list", _) => store
+                            .ask(|reply| StoreCmd::OutboxList {
+                                state,
+                                limit: 1000,
+                                reply,
+                            })
+                            .await
+                            .map(|v| serde_json::json!(v)),
+                        ("counts", _) => store.ask(StoreCmd::OutboxCounts).await.map(|v| {
+                            serde_json::json!(v
+                                .into_iter()
+                                .collect::<std::collections::BTreeMap<_, _>>())
+                        }),
+                        ("cancel", Some(id)) => store
+                            .ask(|reply| StoreCmd::OutboxCancel { id, reply })
+                            .await
+                            .map(|v| serde_json::json!(v)),
+                        ("retry", Some(id)) => store
+                            .ask(|reply| StoreCmd::OutboxRetry { id, reply })
+                            .await
+                            .map(|v| serde_json::json!(v)),
+                        _ => {
+                            let _ = reply.send(Response::err(
+                                "outbox: use list, counts, cancel ID or retry ID",
+                            ));
+                            return;
+                        }
+                    };
+                    let _ = reply.send(match r {
+                        Ok(serde_json::Value::Bool(false)) => {
+                            Response::err("no such message (or it is not pending/failed)")
+                        }
+                        Ok(v) => Response::ok(v),
+                        Err(e) => Response::err(e.to_string()),
+                    });
+                });
             }
             Request::Stop { flush } => {
                 self.flush_on_exit = flush;
@@ -627,10 +688,13 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             config_dir: config_dir.clone(),
             firewall: Some(firewall.clone()),
             ipset: Some(ipset.clone()),
+            webhooks: dcfg.webhooks.iter().map(|w| w.name.clone()).collect(),
         },
         ipset,
         flush_on_exit: false,
         ipset_used: false,
+        webhooks: dcfg.webhooks.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
         directory: crate::jail::JailDirectory::default(),
         config_dir: config_dir.clone(),
         store: store.clone(),
@@ -648,9 +712,46 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
         tracing::error!("{p}");
         d.skipped.push(p);
     }
+    let mut notify_tasks = Vec::new();
+    let mut webhook_stats = None;
+    if !dcfg.webhooks.is_empty() {
+        match crate::notify::webhook::spawn(
+            store.clone(),
+            dcfg.webhooks.clone(),
+            d.wake.clone(),
+            root.child_token(),
+        ) {
+            Ok((t, stats)) => {
+                notify_tasks.push(t);
+                webhook_stats = Some(stats);
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
     d.start_all(prepared).await;
     if let Some(hub) = d.syslog.as_mut() {
         hub.listen().await?;
+    }
+    let _ = store.send(StoreCmd::Notify {
+        event: "start".into(),
+        data: serde_json::json!({ "jails": d.jails.keys().collect::<Vec<_>>() }),
+    });
+    if let Some(sc) = &dcfg.statsd {
+        match crate::notify::statsd::Statsd::new(sc) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                crate::notify::statsd::install(s.clone());
+                notify_tasks.push(crate::notify::statsd::spawn(
+                    s,
+                    sc.interval,
+                    d.directory.clone(),
+                    d.syslog.as_ref().map(|h| h.receiver()),
+                    root.child_token(),
+                ));
+                tracing::info!(target: "banhammer.notify", server = %format!("{}:{}", sc.host, sc.port), prefix = %sc.prefix, "StatsD metrics on");
+            }
+            Err(e) => tracing::error!("[statsd] {}:{}: {e}", sc.host, sc.port),
+        }
     }
     let mut web_tasks = Vec::new();
     let reader = match &dcfg.dbfile {
@@ -681,8 +782,15 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             }
             _ => None,
         };
+        // the costly dashboard queries get a connection of their own, so
+        // that pages never wait behind them
+        let stats_reader = dcfg
+            .dbfile
+            .as_ref()
+            .and_then(|p| crate::store::reader::Reader::open(p).ok())
+            .map(|(r, _)| r);
         let dashboard =
-            crate::web::stats::spawn(reader.clone(), d.directory.clone(), root.child_token());
+            crate::web::stats::spawn(stats_reader, d.directory.clone(), root.child_token());
         let state = crate::web::admin::AdminState {
             web: crate::web::WebState {
                 jails: d.directory.clone(),
@@ -694,6 +802,8 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
             dashboard,
             secure: dcfg.web.admin_tls_cert.is_some(),
             metrics: crate::web::metrics::MetricsSources {
+                store: Some(store.clone()),
+                webhooks: webhook_stats.clone(),
                 syslog: d.syslog.as_ref().map(|h| h.receiver()),
                 firewalls: vec![d.firewall.clone(), d.ipset.clone()],
                 db_path: dcfg.dbfile.clone(),
@@ -753,6 +863,10 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("Shutdown in progress...");
+    let _ = store.send(StoreCmd::Notify {
+        event: "stop".into(),
+        data: serde_json::json!({}),
+    });
     if let Some(hub) = d.syslog.take() {
         hub.stop().await;
     }
@@ -778,7 +892,7 @@ async fn main_loop(config_dir: PathBuf, dcfg: DaemonConfig) -> Result<(), Daemon
     .await;
     root.cancel();
     let _ = control_task.await;
-    for t in web_tasks {
+    for t in web_tasks.into_iter().chain(notify_tasks) {
         let _ = t.await;
     }
     let _ = store.flush().await;

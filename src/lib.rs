@@ -11,6 +11,7 @@
 //! - [`web`]: the ban page (and, later, the admin view and API).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`daemon`]: starting, reloading and stopping everything.
+//! - [`notify`]: webhooks from the durable outbox, StatsD.
 //! - [`logging`]: the daemon's log in Fail2Ban's format.
 //! - [`cmd`]: the offline commands `test-filter` and `regex`.
 
@@ -22,6 +23,7 @@ pub mod filter;
 pub mod firewall;
 pub mod jail;
 pub mod logging;
+pub mod notify;
 pub mod source;
 pub mod store;
 pub mod tls;

@@ -34,6 +34,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum OutboxCmd {
+    /// Messages, newest due first (pending, delivered, failed, cancelled).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Cancel a pending (or scheduled) message.
+    Cancel { id: String },
+    /// Send a failed message again now.
+    Retry { id: String },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
     Run {
@@ -57,6 +70,11 @@ enum Command {
     Reload { jail: Option<String> },
     /// Check that the daemon answers.
     Ping,
+    /// The webhook outbox: list messages, cancel or retry one.
+    Outbox {
+        #[command(subcommand)]
+        what: OutboxCmd,
+    },
     /// Print an argon2 hash of a password for `[web] admin_password_hash`
     /// (the password is read from the terminal without echo, or from
     /// standard input).
@@ -195,6 +213,8 @@ fn read_password() -> std::io::Result<String> {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // one TLS crypto provider for every TLS user (listeners, webhooks)
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Run { foreground } => {
             banhammer::daemon::run(banhammer::daemon::RunOptions {
@@ -225,6 +245,21 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Reload { ref jail } => client(&cli, Request::Reload { jail: jail.clone() })?,
         Command::Ping => client(&cli, Request::Ping)?,
+        Command::Outbox { ref what } => {
+            let (action, id, state) = match what {
+                OutboxCmd::List { state } => ("list", None, state.clone()),
+                OutboxCmd::Cancel { id } => ("cancel", Some(id.clone()), None),
+                OutboxCmd::Retry { id } => ("retry", Some(id.clone()), None),
+            };
+            client(
+                &cli,
+                Request::Outbox {
+                    action: action.into(),
+                    id,
+                    state,
+                },
+            )?
+        }
         Command::HashPassword => {
             let pw = read_password().context("reading the password")?;
             if pw.is_empty() {

@@ -81,6 +81,10 @@ pub struct DaemonConfig {
     pub web: super::web::WebConfig,
     /// `[firewall]`: the nftables backend.
     pub firewall: super::web::FirewallConfig,
+    /// `[webhook NAME]` sections.
+    pub webhooks: Vec<super::notify::WebhookConfig>,
+    /// `[statsd]`.
+    pub statsd: Option<super::notify::StatsdConfig>,
     /// Unknown keys and the like, to log.
     pub warnings: Vec<String>,
     /// Everything read, for the sections other subsystems own.
@@ -168,11 +172,15 @@ impl DaemonConfig {
         };
         let web = super::web::WebConfig::read(&raw, &mut warnings).map_err(section)?;
         let firewall = super::web::FirewallConfig::read(&raw, &mut warnings).map_err(section)?;
+        let webhooks = super::notify::read_webhooks(&raw, &mut warnings).map_err(section)?;
+        let statsd = super::notify::read_statsd(&raw, &mut warnings).map_err(section)?;
         Ok(DaemonConfig {
             config_dir: dir.to_path_buf(),
             syslog,
             web,
             firewall,
+            webhooks,
+            statsd,
             warnings,
             loglevel,
             logtarget,

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod duration;
 pub mod ini;
 pub mod jail;
+pub mod notify;
 pub mod options;
 pub mod syslog;
 pub mod web;

@@ -287,6 +287,55 @@ pub fn render(req: &Request, v: &Value) -> String {
         Request::Reload { .. } => format!("{}\n", s(v)),
         Request::Ping => "pong\n".into(),
         Request::Stop { .. } => "stopping\n".into(),
+        Request::Outbox { action, .. } if action == "list" => {
+            let empty = Vec::new();
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|m| {
+                    vec![
+                        s(&m["id"]),
+                        s(&m["webhook"]),
+                        s(&m["event"]),
+                        s(&m["ip"]),
+                        s(&m["state"]),
+                        m["due"].as_f64().map(local_time).unwrap_or_default(),
+                        s(&m["attempts"]),
+                        m["last_error"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(60)
+                            .collect(),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                return "no messages\n".into();
+            }
+            table(
+                &[
+                    "ID",
+                    "WEBHOOK",
+                    "EVENT",
+                    "ADDRESS",
+                    "STATE",
+                    "DUE",
+                    "TRIES",
+                    "LAST ERROR",
+                ],
+                &rows,
+            )
+        }
+        Request::Outbox { action, id, .. } => match action.as_str() {
+            "cancel" => format!("cancelled {}\n", id.as_deref().unwrap_or_default()),
+            "retry" => format!(
+                "{} will be sent again now\n",
+                id.as_deref().unwrap_or_default()
+            ),
+            _ => format!("{v}\n"),
+        },
     }
 }
 

@@ -44,6 +44,15 @@ pub enum Request {
         #[serde(default)]
         flush: bool,
     },
+    /// The webhook outbox: `list` (optionally one `state`), `cancel` or
+    /// `retry` one message by `id`, `counts` per state.
+    Outbox {
+        action: String,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        state: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

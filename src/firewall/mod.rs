@@ -96,6 +96,8 @@ pub struct ActionEnv {
     pub firewall: Option<table::Firewall>,
     /// The iptables + ipset owner thread.
     pub ipset: Option<table::Firewall>,
+    /// Names of the `[webhook NAME]` sections.
+    pub webhooks: Vec<String>,
 }
 
 /// An action option: the `NAME[key=value]` option, else the jail's own
@@ -159,6 +161,18 @@ pub fn build_actions(
                 out.push(Box::new(command::CommandAction::load(&action_dir, a, cfg)?))
             }
             "dummy" => out.push(Box::new(DummyAction)),
+            // notifications go from the store's outbox: nothing to run here
+            "webhook" => {
+                if a.options.get("name").is_none_or(|n| n.trim().is_empty()) {
+                    return Err("action 'webhook' needs name=... (a [webhook NAME] section)".into());
+                }
+                if !env.webhooks.iter().any(|w| Some(w) == a.options.get("name")) {
+                    return Err(format!(
+                        "action 'webhook': no [webhook {}] section in banhammer.conf",
+                        a.options.get("name").map(String::as_str).unwrap_or_default()
+                    ));
+                }
+            }
             "log" => {
                 if !logged {
                     out.push(Box::new(LogAction {

@@ -67,6 +67,8 @@ pub struct Found {
     pub origin: Option<Arc<Origin>>,
     /// The filter's other captures (`user`, `alt_user`, custom `<F-*>`).
     pub fields: Vec<(String, String)>,
+    /// When the line was matched (epoch seconds): ban latency starts here.
+    pub read_at: f64,
 }
 
 /// Captures that are the failure's id or the filter's own bookkeeping, not
@@ -109,6 +111,7 @@ impl Found {
             live: from.live,
             origin: from.origin.clone(),
             fields,
+            read_at: 0.0,
         })
     }
 }
@@ -119,19 +122,23 @@ impl Found {
 pub struct Matcher {
     filter: Arc<Filter>,
     state: std::sync::Mutex<FilterState>,
+    /// `match_time.JAIL`, the StatsD timer name.
+    timer: String,
 }
 
 impl Matcher {
-    pub fn new(filter: Arc<Filter>) -> Matcher {
+    pub fn new(filter: Arc<Filter>, jail: &str) -> Matcher {
         Matcher {
             state: std::sync::Mutex::new(FilterState::new(&filter)),
             filter,
+            timer: format!("match_time.{}", crate::notify::statsd::part(jail)),
         }
     }
 
     /// The failures in a chunk of lines.
     pub fn scan(&self, lines: &[Line]) -> Vec<Found> {
         let now = now();
+        let started = std::time::Instant::now();
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -148,6 +155,13 @@ impl Matcher {
                     .filter(|f| !f.is_nofail())
                     .filter_map(|f| Found::new(f, line)),
             );
+        }
+        for f in &mut out {
+            f.read_at = now;
+        }
+        if !lines.is_empty() {
+            let per_line = started.elapsed().as_secs_f64() * 1000.0 / lines.len() as f64;
+            crate::notify::statsd::timer(&self.timer, per_line);
         }
         out
     }
@@ -291,6 +305,7 @@ pub struct JailStatus {
     pub total_failed: u64,
     pub currently_banned: usize,
     pub total_banned: u64,
+    pub total_unbanned: u64,
     pub banned: Vec<String>,
     /// Syslog senders whose messages had failures, most recent first.
     pub senders: Vec<SenderStatus>,
@@ -393,7 +408,10 @@ pub struct Jail {
     lines: u64,
     total_failed: u64,
     total_banned: u64,
+    total_unbanned: u64,
     warned_clock: bool,
+    /// When the line behind each pending ban was read (for `ban_latency`).
+    pending_since: HashMap<IpNet, f64>,
     /// While a chunk is processed: its effects, recorded with its position.
     chunk: Option<Vec<ChunkOp>>,
     /// Failures per syslog sender: (count, last time).
@@ -434,7 +452,9 @@ impl Jail {
             lines: 0,
             total_failed: 0,
             total_banned: 0,
+            total_unbanned: 0,
             warned_clock: false,
+            pending_since: HashMap::new(),
             chunk: None,
             senders: HashMap::new(),
             source_lines: std::collections::BTreeMap::new(),
@@ -493,7 +513,7 @@ impl Jail {
             }
         }
         for (key, n) in hot {
-            self.start_ban(key, n, now, Vec::new());
+            self.start_ban(key, n, now, Vec::new(), None);
         }
     }
 
@@ -602,7 +622,8 @@ impl Jail {
             .windows
             .add(key, time, line, self.cfg.findtime, self.cfg.maxretry);
         if n >= self.cfg.maxretry {
-            self.start_ban(key, n, now, f.fields);
+            self.pending_since.insert(key, f.read_at);
+            self.start_ban(key, n, now, f.fields, f.origin);
         }
     }
 
@@ -621,7 +642,14 @@ impl Jail {
         Some(ip)
     }
 
-    fn start_ban(&mut self, key: IpNet, failures: u32, now: f64, fields: Vec<(String, String)>) {
+    fn start_ban(
+        &mut self,
+        key: IpNet,
+        failures: u32,
+        now: f64,
+        fields: Vec<(String, String)>,
+        origin: Option<Arc<Origin>>,
+    ) {
         if self.banned.contains_key(&key) || !self.pending.insert(key) {
             return;
         }
@@ -634,6 +662,7 @@ impl Jail {
             failures,
             matches: evidence[skip..].iter().map(|f| f.1.to_string()).collect(),
             fields,
+            origin,
             policy: self.policy.clone(),
         };
         let (reply, rx) = oneshot::channel();
@@ -659,6 +688,15 @@ impl Jail {
             return;
         };
         self.pending.remove(&key);
+        if let Some(t) = self.pending_since.remove(&key).filter(|t| *t > 0.0) {
+            crate::notify::statsd::timer(
+                &format!(
+                    "ban_latency.{}",
+                    crate::notify::statsd::part(&self.cfg.name)
+                ),
+                (now() - t) * 1000.0,
+            );
+        }
         if let Some(old) = self.banned.remove(&key) {
             if let Some(end) = old.rec.end {
                 self.unbans.remove(&(ms(end), key));
@@ -675,6 +713,7 @@ impl Jail {
 
     fn unban(&mut self, key: IpNet, now: f64) -> Option<String> {
         let a = self.banned.remove(&key)?;
+        self.total_unbanned += 1;
         if let Some(end) = a.rec.end {
             self.unbans.remove(&(ms(end), key));
         }
@@ -735,6 +774,7 @@ impl Jail {
             total_failed: self.total_failed,
             currently_banned: self.banned.len(),
             total_banned: self.total_banned,
+            total_unbanned: self.total_unbanned,
             banned,
             senders,
             maxretry: self.cfg.maxretry,
@@ -784,6 +824,7 @@ impl Jail {
                         self.windows.count(&key, now, self.cfg.findtime),
                         now,
                         Vec::new(),
+                        None,
                     );
                 }
                 let _ = reply.send(done);

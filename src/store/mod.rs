@@ -9,6 +9,7 @@
 //! I/O error) is retried with the same batch until it succeeds; the error
 //! is logged, nothing is dropped.
 
+pub mod outbox;
 pub mod reader;
 mod schema;
 
@@ -72,6 +73,8 @@ pub struct BanRequest {
     pub matches: Vec<String>,
     /// See [`BanRecord::fields`].
     pub fields: Vec<(String, String)>,
+    /// Who sent the failure that caused it (syslog), for notifications.
+    pub origin: Option<Arc<Origin>>,
     pub policy: crate::jail::BanPolicy,
 }
 
@@ -161,6 +164,39 @@ pub enum StoreCmd {
     },
     /// Replies once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
+    /// Which webhooks want what; `wake` is told when messages are queued.
+    SetRules {
+        rules: Vec<outbox::NotifyRule>,
+        wake: Arc<tokio::sync::Notify>,
+    },
+    /// A daemon event for the webhooks (`start`, `stop`).
+    Notify {
+        event: String,
+        data: serde_json::Value,
+    },
+    OutboxDue {
+        now: f64,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<outbox::OutboxItem>, Option<f64>)>,
+    },
+    OutboxRecord {
+        id: String,
+        attempt: outbox::Attempt,
+    },
+    OutboxList {
+        state: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<outbox::OutboxItem>>,
+    },
+    OutboxCancel {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    OutboxRetry {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    OutboxCounts(oneshot::Sender<Vec<(String, u64)>>),
     Stop,
 }
 
@@ -193,7 +229,15 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || Worker { conn, name }.run(rx))
+            .spawn(move || {
+                Worker {
+                    conn,
+                    name,
+                    rules: Vec::new(),
+                    wake: None,
+                }
+                .run(rx)
+            })
             .map_err(|e| StoreError::Schema {
                 path: "store thread".into(),
                 msg: e.to_string(),
@@ -237,6 +281,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::Gone)
     }
 
+    /// Asks the store thread something and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        q: impl FnOnce(oneshot::Sender<T>) -> StoreCmd,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(q(reply))?;
+        rx.await.map_err(|_| StoreError::Gone)
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(StoreCmd::Flush(reply))?;
@@ -275,6 +329,8 @@ fn set_mode(path: &Path, mode: u32) {
 struct Worker {
     conn: Connection,
     name: String,
+    rules: Vec<outbox::NotifyRule>,
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Largest batch applied in one transaction.
@@ -327,7 +383,20 @@ impl Worker {
             Ban(BanRecord),
             Bans(Vec<BanRecord>),
             State(JailState),
+            Due((Vec<outbox::OutboxItem>, Option<f64>)),
+            List(Vec<outbox::OutboxItem>),
+            Done(bool),
+            Counts(Vec<(String, u64)>),
         }
+        // new rules apply to this batch already
+        for cmd in batch.iter_mut() {
+            if let StoreCmd::SetRules { rules, wake } = cmd {
+                self.rules = std::mem::take(rules);
+                self.wake = Some(wake.clone());
+            }
+        }
+        let rules = &self.rules;
+        let mut queued = 0usize;
         let tx = self.conn.transaction()?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
@@ -337,7 +406,11 @@ impl Worker {
                     for op in ops {
                         match op {
                             ChunkOp::Failure { ip, time, line, origin } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
-                            ChunkOp::Ban { req, .. } => bans.push(record_ban(&tx, req)?),
+                            ChunkOp::Ban { req, .. } => {
+                                let (rec, extended) = record_ban(&tx, req)?;
+                                queued += outbox::on_ban(&tx, rules, &rec, req, extended)?;
+                                bans.push(rec)
+                            }
                         }
                     }
                     match pos {
@@ -359,12 +432,39 @@ impl Worker {
                     save_cursor(&tx, jail, cursor)?;
                     None
                 }
-                StoreCmd::Ban { req, .. } => Some(Outcome::Ban(record_ban(&tx, req)?)),
+                StoreCmd::Ban { req, .. } => {
+                    let (rec, extended) = record_ban(&tx, req)?;
+                    queued += outbox::on_ban(&tx, rules, &rec, req, extended)?;
+                    Some(Outcome::Ban(rec))
+                }
                 StoreCmd::Unban { jail, ip, time } => {
+                    let active: Option<(i64, Option<f64>)> = tx
+                        .prepare_cached("SELECT id, end FROM bans WHERE jail = ?1 AND ip = ?2 AND active = 1 ORDER BY id DESC LIMIT 1")?
+                        .query_row(params![jail, ip], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
                     tx.prepare_cached("UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1")?
                         .execute(params![jail, ip, time])?;
+                    queued += outbox::on_unban(&tx, rules, active, jail, ip, *time)?;
                     None
                 }
+                StoreCmd::Notify { event, data } => {
+                    queued += outbox::on_event(&tx, rules, event, data)?;
+                    None
+                }
+                StoreCmd::OutboxDue { now, limit, .. } => Some(Outcome::Due(outbox::due(&tx, *now, *limit)?)),
+                StoreCmd::OutboxRecord { id, attempt } => {
+                    outbox::record(&tx, id, attempt)?;
+                    None
+                }
+                StoreCmd::OutboxList { state, limit, .. } => Some(Outcome::List(outbox::list(&tx, state.as_deref(), *limit)?)),
+                StoreCmd::OutboxCancel { id, .. } => Some(Outcome::Done(outbox::cancel(&tx, id)?)),
+                StoreCmd::OutboxRetry { id, .. } => {
+                    let done = outbox::retry(&tx, id)?;
+                    queued += usize::from(done);
+                    Some(Outcome::Done(done))
+                }
+                StoreCmd::OutboxCounts(_) => Some(Outcome::Counts(outbox::counts(&tx)?)),
+                StoreCmd::SetRules { .. } => None,
                 StoreCmd::Load { jail, findtime, now, .. } => Some(Outcome::State(load_state(&tx, jail, *findtime, *now)?)),
                 StoreCmd::Purge { before } => {
                     purge(&tx, *before)?;
@@ -374,6 +474,11 @@ impl Worker {
             });
         }
         tx.commit()?;
+        if queued > 0 {
+            if let Some(w) = &self.wake {
+                w.notify_one();
+            }
+        }
         for (cmd, outcome) in batch.drain(..).zip(outcomes) {
             match (cmd, outcome) {
                 (StoreCmd::Ban { reply, .. }, Some(Outcome::Ban(r))) => {
@@ -393,6 +498,19 @@ impl Worker {
                 }
                 (StoreCmd::Flush(reply), _) => {
                     let _ = reply.send(());
+                }
+                (StoreCmd::OutboxDue { reply, .. }, Some(Outcome::Due(d))) => {
+                    let _ = reply.send(d);
+                }
+                (StoreCmd::OutboxList { reply, .. }, Some(Outcome::List(l))) => {
+                    let _ = reply.send(l);
+                }
+                (StoreCmd::OutboxCancel { reply, .. }, Some(Outcome::Done(d)))
+                | (StoreCmd::OutboxRetry { reply, .. }, Some(Outcome::Done(d))) => {
+                    let _ = reply.send(d);
+                }
+                (StoreCmd::OutboxCounts(reply), Some(Outcome::Counts(c))) => {
+                    let _ = reply.send(c);
                 }
                 _ => {}
             }
@@ -464,7 +582,10 @@ fn truncate(s: &str, max: usize) -> &str {
 /// The failures that led to it stay in the table until purged; a ban
 /// consumes the failures of its address up to its start (see
 /// [`load_state`]).
-fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Result<BanRecord> {
+fn record_ban(
+    tx: &rusqlite::Transaction<'_>,
+    req: &BanRequest,
+) -> rusqlite::Result<(BanRecord, bool)> {
     let count: i64 = if req.policy.overalljails() {
         tx.prepare_cached("SELECT COUNT(*) FROM bans WHERE ip = ?1")?
             .query_row(params![req.ip], |r| r.get(0))?
@@ -476,10 +597,12 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
     let end = seconds.map(|s| req.start + s);
     let matches = req.matches.clone();
     // an address banned again while active (manual ban): the new ban replaces it
-    tx.prepare_cached(
-        "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1",
-    )?
-    .execute(params![req.jail, req.ip, req.start])?;
+    let replaced = tx
+        .prepare_cached(
+            "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1",
+        )?
+        .execute(params![req.jail, req.ip, req.start])?
+        > 0;
     tx.prepare_cached(
         "INSERT INTO bans (jail, ip, start, end, ban_count, failures, matches, active, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
     )?
@@ -495,17 +618,20 @@ fn record_ban(tx: &rusqlite::Transaction<'_>, req: &BanRequest) -> rusqlite::Res
             .then(|| serde_json::to_string(&req.fields).unwrap_or_default())
     ])?;
     let id = tx.last_insert_rowid();
-    Ok(BanRecord {
-        id,
-        jail: req.jail.clone(),
-        ip: req.ip.clone(),
-        start: req.start,
-        end,
-        ban_count: count as u32,
-        failures: req.failures,
-        matches,
-        fields: req.fields.clone(),
-    })
+    Ok((
+        BanRecord {
+            id,
+            jail: req.jail.clone(),
+            ip: req.ip.clone(),
+            start: req.start,
+            end,
+            ban_count: count as u32,
+            failures: req.failures,
+            matches,
+            fields: req.fields.clone(),
+        },
+        replaced,
+    ))
 }
 
 pub(crate) fn ban_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BanRecord> {
@@ -594,6 +720,10 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: f64) -> rusqlite::Result<()> {
         "DELETE FROM bans WHERE active = 0 AND ended < ?1",
         params![before],
     )?;
+    tx.execute(
+        "DELETE FROM outbox WHERE state <> 'pending' AND done < ?1",
+        params![before],
+    )?;
     Ok(())
 }
 
@@ -645,6 +775,7 @@ mod tests {
                     failures: 2,
                     matches: vec!["line 100".into(), "line 101".into()],
                     fields: Vec::new(),
+                    origin: None,
                     policy,
                 })
                 .await

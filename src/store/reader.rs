@@ -154,12 +154,16 @@ pub fn bans(c: &Connection, q: &BanQuery) -> rusqlite::Result<BanPage> {
             cond.push("id = ?".into());
             args.push(id.into());
         } else if text.ends_with('.') || text.ends_with(':') || text.ends_with('*') {
-            cond.push("ip LIKE ? ESCAPE '\\'".into());
-            let prefix = text
-                .trim_end_matches('*')
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            args.push(format!("{prefix}%").into());
+            // a prefix as a range, so that the address index serves it
+            // (addresses are stored in lower case)
+            let prefix = text.trim_end_matches('*').to_ascii_lowercase();
+            let mut upper = prefix.clone();
+            if let Some(last) = upper.pop() {
+                upper.push(char::from_u32(last as u32 + 1).unwrap_or(char::MAX));
+            }
+            cond.push("ip >= ? AND ip < ?".into());
+            args.push(prefix.into());
+            args.push(upper.into());
         } else {
             cond.push("ip = ?".into());
             args.push(text.to_string().into());
@@ -293,8 +297,8 @@ pub fn top_senders(
     .collect()
 }
 
-/// Totals: (bans, active bans, failures).
-pub fn totals(c: &Connection) -> rusqlite::Result<(u64, u64, u64)> {
+/// Totals: (bans, failures) ever recorded.
+pub fn totals(c: &Connection) -> rusqlite::Result<(u64, u64)> {
     let one = |sql: &str| -> rusqlite::Result<u64> {
         c.prepare_cached(sql)?
             .query_row([], |r| r.get::<_, i64>(0))
@@ -302,7 +306,23 @@ pub fn totals(c: &Connection) -> rusqlite::Result<(u64, u64, u64)> {
     };
     Ok((
         one("SELECT COALESCE(MAX(id), 0) FROM bans")?,
-        one("SELECT COUNT(*) FROM bans WHERE active = 1")?,
         one("SELECT COALESCE(MAX(id), 0) FROM failures")?,
     ))
+}
+
+/// Webhook messages per state, and the last few that failed.
+pub fn outbox_summary(
+    c: &Connection,
+) -> rusqlite::Result<(Vec<(String, u64)>, Vec<(String, String, String)>)> {
+    let counts = c
+        .prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let failed = c
+        .prepare_cached(
+            "SELECT webhook, event, COALESCE(last_error, '') FROM outbox WHERE state = 'failed' ORDER BY done DESC LIMIT 5",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((counts, failed))
 }

@@ -51,6 +51,27 @@ const MIGRATIONS: &[&str] = &[
     // 5: the admin view looks an address up (its failures and bans) and
     // charts bans over time
     "CREATE INDEX failures_ip ON failures (ip, time); CREATE INDEX bans_start ON bans (start)",
+    // 6: the outbox of notifications (webhooks), written with what they report
+    "CREATE TABLE outbox (
+        id TEXT PRIMARY KEY,
+        webhook TEXT NOT NULL,
+        event TEXT NOT NULL,
+        jail TEXT,
+        ip TEXT,
+        ban_id INTEGER,
+        payload TEXT NOT NULL,
+        created REAL NOT NULL,
+        due REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        last_error TEXT,
+        target TEXT,
+        done REAL
+     );
+     CREATE INDEX outbox_due ON outbox (state, due);
+     CREATE INDEX outbox_ban ON outbox (ban_id)",
+    // 7: the dashboard's top syslog senders without reading every failure
+    "CREATE INDEX failures_sender ON failures (peer, host, time) WHERE peer IS NOT NULL",
 ];
 
 /// Brings the database to the current schema.

@@ -341,7 +341,7 @@ async fn dashboard(
     d.active_bans = jails.iter().map(|j| j.currently_banned as u64).sum();
     let failures = match &state.reader {
         Some(r) => {
-            let (rows, (bans, _, failures)) = r
+            let (rows, (bans, failures)) = r
                 .run(|c| Ok((reader::recent_failures(c, None, 0, 20)?, reader::totals(c)?)))
                 .await
                 .map_err(WebError::internal)?;

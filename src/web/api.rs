@@ -10,7 +10,7 @@ use super::session::same;
 use super::WebError;
 use crate::control::Request;
 use crate::store::reader::{self, BanQuery};
-use axum::extract::{Query, Request as HttpRequest, State};
+use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,9 @@ pub fn router(state: AdminState) -> Router<AdminState> {
         .route("/failures", get(failures))
         .route("/ban", post(ban))
         .route("/unban", post(unban))
+        .route("/outbox", get(outbox_list))
+        .route("/outbox/{id}/cancel", post(outbox_cancel))
+        .route("/outbox/{id}/retry", post(outbox_retry))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -163,6 +166,48 @@ async fn unban(State(state): State<AdminState>, Json(b): Json<BanBody>) -> Respo
             .ask_daemon(Request::Unban {
                 ips: b.addresses(),
                 all: b.all,
+            })
+            .await,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct OutboxQuery {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn outbox_list(State(state): State<AdminState>, Query(q): Query<OutboxQuery>) -> Response {
+    answer(
+        state
+            .ask_daemon(Request::Outbox {
+                action: "list".into(),
+                id: None,
+                state: q.state,
+            })
+            .await,
+    )
+}
+
+async fn outbox_cancel(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    answer(
+        state
+            .ask_daemon(Request::Outbox {
+                action: "cancel".into(),
+                id: Some(id),
+                state: None,
+            })
+            .await,
+    )
+}
+
+async fn outbox_retry(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    answer(
+        state
+            .ask_daemon(Request::Outbox {
+                action: "retry".into(),
+                id: Some(id),
+                state: None,
             })
             .await,
     )

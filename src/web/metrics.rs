@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// Where the figures come from besides the jails.
 #[derive(Clone, Default)]
 pub struct MetricsSources {
+    pub store: Option<crate::store::Store>,
+    pub webhooks: Option<Arc<crate::notify::webhook::WebhookStats>>,
     pub syslog: Option<Arc<crate::source::syslog::Receiver>>,
     pub firewalls: Vec<Firewall>,
     pub db_path: Option<PathBuf>,
@@ -140,6 +142,43 @@ pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "banhammer_firewall_elements{{backend=\"{}\"}} {}",
             st.backend, st.elements
         );
+    }
+    if let Some(st) = &state.metrics.store {
+        if let Ok(counts) = st.ask(crate::store::StoreCmd::OutboxCounts).await {
+            family(
+                &mut out,
+                "banhammer_webhook_messages",
+                "gauge",
+                "Webhook messages in the outbox, by state.",
+            );
+            for (k, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "banhammer_webhook_messages{{state=\"{}\"}} {n}",
+                    label(&k)
+                );
+            }
+        }
+    }
+    if let Some(w) = &state.metrics.webhooks {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            &mut out,
+            "banhammer_webhook_attempts_total",
+            "counter",
+            "Webhook delivery attempts since start, by result.",
+        );
+        for (k, v) in [
+            ("delivered", &w.delivered),
+            ("retried", &w.retried),
+            ("failed", &w.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "banhammer_webhook_attempts_total{{result=\"{k}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
     }
     if let Some(p) = &state.metrics.db_path {
         let size: u64 = ["", "-wal", "-shm"]

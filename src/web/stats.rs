@@ -34,6 +34,10 @@ pub struct Dashboard {
     pub total_bans: u64,
     pub active_bans: u64,
     pub total_failures: u64,
+    /// Webhook messages per state, and the last ones that failed
+    /// (webhook, event, error).
+    pub outbox: Vec<(String, u64)>,
+    pub outbox_failed: Vec<(String, String, String)>,
     /// A query failed: shown on the page.
     pub error: Option<String>,
 }
@@ -69,18 +73,17 @@ async fn compute(
                     reader::bans_per_hour(c, since - 3600.0, None)?,
                     reader::top_addresses(c, since, 10)?,
                     reader::top_senders(c, since, 10)?,
-                    reader::totals(c)?,
+                    reader::outbox_summary(c)?,
                 ))
             })
             .await;
         match q {
-            Ok((per_hour, top, senders, (bans, active, failures))) => {
+            Ok((per_hour, top, senders, (outbox, failed))) => {
                 d.bans_per_hour = full_day(&per_hour, now);
                 d.top_addresses = top;
                 d.top_senders = senders;
-                d.total_bans = bans;
-                d.active_bans = active;
-                d.total_failures = failures;
+                d.outbox = outbox;
+                d.outbox_failed = failed;
             }
             Err(e) => d.error = Some(e),
         }

@@ -54,6 +54,7 @@ fn fake_jail() -> JailDirectory {
                 total_failed: 4,
                 currently_banned: 1,
                 total_banned: 1,
+                total_unbanned: 0,
                 banned: vec![],
                 senders: vec![],
                 maxretry: 3,
@@ -138,6 +139,7 @@ async fn fixture() -> Fixture {
             failures: 3,
             matches: vec!["a line".into()],
             fields: vec![("user".into(), HOSTILE.into())],
+            origin: None,
             policy: crate::jail::BanPolicy {
                 bantime: 600.0,
                 increment: None,
