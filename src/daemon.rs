@@ -435,7 +435,7 @@ impl Daemon {
                         ("list", _) => store
                             .ask(|reply| StoreCmd::OutboxList {
                                 state,
-                                limit: 1000,
+                                limit: 10_000,
                                 reply,
                             })
                             .await

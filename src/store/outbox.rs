@@ -226,14 +226,16 @@ pub fn on_unban(
     let early = end.is_none_or(|e| time < e - 1.0);
     let mut n = 0;
     for r in rules.iter().filter(|r| r.wants("unban", Some(jail))) {
-        let row: Option<(String, String)> = tx
+        let row: Option<(String, String, String)> = tx
             .prepare_cached(
-                "SELECT id, payload FROM outbox WHERE ban_id = ?1 AND webhook = ?2 AND event = 'unban' AND state = 'pending'",
+                "SELECT id, payload, state FROM outbox WHERE ban_id = ?1 AND webhook = ?2 AND event = 'unban'",
             )?
-            .query_row(params![ban_id, r.webhook], |x| Ok((x.get(0)?, x.get(1)?)))
+            .query_row(params![ban_id, r.webhook], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?)))
             .optional()?;
         match row {
-            Some((id, payload)) => {
+            // cancelled by the operator (or already sent): that stands
+            Some((_, _, state)) if state != "pending" => {}
+            Some((id, payload, _)) => {
                 if early {
                     let mut p: Value = serde_json::from_str(&payload).unwrap_or_else(|_| json!({}));
                     p["reason"] = json!("lifted");
@@ -346,7 +348,8 @@ pub fn list(
 ) -> rusqlite::Result<Vec<OutboxItem>> {
     let mut items = tx
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY due DESC LIMIT ?2"
+            "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR state = ?1)
+             ORDER BY state <> 'pending', CASE WHEN state = 'pending' THEN due ELSE -due END LIMIT ?2"
         ))?
         .query_map(params![state, limit as i64], item)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
