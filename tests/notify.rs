@@ -142,7 +142,7 @@ fn setup(port: u16, extra: &str) -> Setup {
         ),
     );
     s.write_daemon_conf(&format!(
-        "[webhook hook]\nurl = http://127.0.0.1:{port}/hook\nevents = ban unban start\nsecret = {SECRET}\nretry = 1s\nmax_age = 1h\ntimeout = 5s\n{extra}"
+        "[webhook hook]\nurl = http://127.0.0.1:{port}/hook\nevents = ban unban ban-extended start stop\nsecret = {SECRET}\nretry = 1s\nmax_age = 1h\ntimeout = 5s\n{extra}"
     ));
     s
 }
@@ -232,7 +232,12 @@ fn signed_messages_arrive_once_after_the_receiver_comes_back_and_cancelled_ones_
         vec![ips[1].clone()],
         "only the unban that was not cancelled: {unbans:?}"
     );
+    // banned again by hand while banned: the ban is extended
+    d.ctl(&["ban", "sshd", &ips[2]]);
+    let ext = rx.wait_unique("ban-extended", 1, Duration::from_secs(15));
+    assert_eq!(ext.values().next().unwrap().body["ip"], ips[2].as_str());
     d.stop();
+    rx.wait_unique("stop", 1, Duration::from_secs(10));
 }
 
 #[test]

@@ -104,6 +104,13 @@ fn fake_daemon() -> tokio::sync::mpsc::Sender<Incoming> {
             let r = match req {
                 CtlRequest::Ban { ips, .. } => CtlResponse::ok(serde_json::json!(ips)),
                 CtlRequest::Unban { ips, .. } => CtlResponse::ok(serde_json::json!(ips)),
+                CtlRequest::Outbox { action, id, .. } => match (action.as_str(), id) {
+                    ("list", _) => {
+                        CtlResponse::ok(serde_json::json!([{"id": "m1", "state": "pending"}]))
+                    }
+                    (_, Some(id)) if id == "m1" => CtlResponse::ok(serde_json::json!(true)),
+                    _ => CtlResponse::err("no such message"),
+                },
                 _ => CtlResponse::err("unexpected"),
             };
             let _ = reply.send(r);
@@ -513,6 +520,43 @@ async fn the_api_wants_its_token() {
     )
     .await;
     assert!(status.is_client_error(), "a broken body: {status}");
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, body) = send(
+        &f.admin,
+        req("GET", "/api/v1/outbox", "127.0.0.1")
+            .header(header::AUTHORIZATION, &auth)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("m1"), "{body}");
+    for (path, want) in [
+        ("/api/v1/outbox/m1/cancel", StatusCode::OK),
+        ("/api/v1/outbox/m1/retry", StatusCode::OK),
+        (
+            "/api/v1/outbox/nope/cancel",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, _, body) = send(
+            &f.admin,
+            req("POST", path, "127.0.0.1")
+                .header(header::AUTHORIZATION, &auth)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let (status, _, _) = send(
+        &f.admin,
+        req("POST", "/api/v1/outbox/m1/cancel", "127.0.0.1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, h, body) = send(
         &f.admin,
         req("GET", "/metrics", "127.0.0.1")
