@@ -291,6 +291,8 @@ pub enum JailMsg {
         state: String,
     },
     Stored(BanRecord),
+    /// A ban the store has not confirmed within [`STORE_GRACE`].
+    Unrecorded(BanRecord),
     Control(JailCmd),
 }
 
@@ -343,6 +345,9 @@ pub struct SenderStatus {
     /// Epoch seconds of the last failure.
     pub last: f64,
 }
+
+/// How long a ban may wait for the database before it is enforced anyway.
+const STORE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Restored bans logged one by one at start, at most.
 const RESTORE_LOGGED: usize = 1000;
@@ -666,6 +671,18 @@ impl Jail {
             policy: self.policy.clone(),
         };
         let (reply, rx) = oneshot::channel();
+        // what is enforced if the database cannot record the ban in time
+        let provisional = BanRecord {
+            id: 0,
+            jail: req.jail.clone(),
+            ip: req.ip.clone(),
+            start: now,
+            end: self.policy.bantime(0).map(|s| now + s),
+            ban_count: 0,
+            failures,
+            matches: req.matches.clone(),
+            fields: req.fields.clone(),
+        };
         match self.chunk.as_mut() {
             // recorded with the chunk that caused it
             Some(ops) => ops.push(ChunkOp::Ban { req, reply }),
@@ -674,13 +691,40 @@ impl Jail {
         let me = self.me.clone();
         let jail = self.cfg.name.clone();
         tokio::spawn(async move {
-            match rx.await {
+            let mut rx = rx;
+            let rec = match tokio::time::timeout(STORE_GRACE, &mut rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // the database is stuck (a full disk, say): protect now,
+                    // the record follows when the store can write again
+                    let _ = me.send(JailMsg::Unrecorded(provisional)).await;
+                    rx.await
+                }
+            };
+            match rec {
                 Ok(rec) => {
                     let _ = me.send(JailMsg::Stored(rec)).await;
                 }
                 Err(_) => tracing::error!(jail = %jail, "ban not recorded: the store stopped"),
             }
         });
+    }
+
+    /// A ban the store has not confirmed in time: enforced from memory.
+    fn on_unrecorded(&mut self, rec: BanRecord) {
+        let Some(key) = parse_key(&rec.ip) else {
+            return;
+        };
+        if !self.pending.contains(&key) || self.banned.contains_key(&key) {
+            return;
+        }
+        tracing::warn!(target: "banhammer.actions", jail = %self.cfg.name, ip = %rec.ip, "Ban enforced before the database could record it (is the disk full?); it is recorded as soon as the database can write");
+        tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %rec.ip, "Ban");
+        if let Some(end) = rec.end {
+            self.unbans.insert((ms(end), key));
+        }
+        self.actions.send(ActionEvent::Ban(Arc::new(rec.clone())));
+        self.banned.insert(key, Active { rec });
     }
 
     fn on_stored(&mut self, rec: BanRecord) {
@@ -697,12 +741,19 @@ impl Jail {
                 (now() - t) * 1000.0,
             );
         }
+        let mut provisional = false;
         if let Some(old) = self.banned.remove(&key) {
             if let Some(end) = old.rec.end {
                 self.unbans.remove(&(ms(end), key));
             }
+            // id 0: enforced from memory while the database could not write
+            provisional = old.rec.id == 0;
         }
-        tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %rec.ip, "Ban");
+        if provisional {
+            tracing::info!(target: "banhammer.actions", jail = %self.cfg.name, ip = %rec.ip, "Ban recorded in the database");
+        } else {
+            tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %rec.ip, "Ban");
+        }
         if let Some(end) = rec.end {
             self.unbans.insert((ms(end), key));
         }
@@ -887,6 +938,7 @@ impl Jail {
                         }
                     }
                     Some(JailMsg::Stored(rec)) => self.on_stored(rec),
+                    Some(JailMsg::Unrecorded(rec)) => self.on_unrecorded(rec),
                     Some(JailMsg::Control(cmd)) => self.on_control(cmd),
                 },
                 _ = tokio::time::sleep(std::time::Duration::from_secs_f64(wait)) => {}

@@ -348,16 +348,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let stop = batch.iter().any(|c| matches!(c, StoreCmd::Stop));
-            let purged = batch.iter().any(|c| matches!(c, StoreCmd::Purge { .. }));
             let mut delay = Duration::from_millis(100);
+            let mut stop = false;
+            let mut purged = false;
             loop {
+                stop |= batch.iter().any(|c| matches!(c, StoreCmd::Stop));
+                purged |= batch.iter().any(|c| matches!(c, StoreCmd::Purge { .. }));
                 match self.apply(&mut batch) {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::error!(db = %self.name, error = %e, "cannot write to the database; retrying (nothing is lost while the daemon runs)");
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(10));
+                        // keep taking commands meanwhile, so that jails never
+                        // wait for a disk that stays full: they go into the
+                        // batch written once it can be
+                        while let Ok(c) = rx.try_recv() {
+                            batch.push(c);
+                        }
                     }
                 }
             }
