@@ -16,7 +16,6 @@
 use super::table::{JailRules, JailTable, Kernel, Ports, Redirect};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// ipset's longest timeout, in seconds.
@@ -85,39 +84,7 @@ fn element(key: &IpNet, end: Option<f64>, now: f64) -> Option<String> {
 }
 
 fn run(argv: &[&str], input: &str) -> Result<(), String> {
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "cannot run {}: not found (install the iptables and ipset packages)",
-                argv[0]
-            ),
-            _ => format!("cannot run {}: {e}", argv[0]),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{}: {e}", argv[0]))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let first: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(3)
-        .collect();
-    let mut msg = first.join(" | ");
-    if msg.contains("Permission denied") || msg.contains("Operation not permitted") {
-        msg.push_str(" (banhammer needs CAP_NET_ADMIN to change the firewall)");
-    }
-    Err(format!("{} failed ({}): {msg}", argv[0], out.status))
+    super::run_tool(argv, input, "iptables and ipset")
 }
 
 /// Whether `iptables -C` finds a rule (`table`, `chain`, `rule`).

@@ -87,6 +87,52 @@ impl Action for DummyAction {
     }
 }
 
+/// Runs a firewall tool (`argv`) with `input` on its standard input. The
+/// error is the tool's own first lines, with a hint for the usual causes
+/// (`package`: what to install when the binary is missing).
+pub fn run_tool(argv: &[&str], input: &str, package: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tool = argv.first().copied().unwrap_or_default();
+    let mut child = Command::new(tool)
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("cannot run {tool:?}: not found (install the {package} package)")
+            }
+            _ => format!("cannot run {tool:?}: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // a write error shows up as the tool's own failure below
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect();
+    let mut msg = first.join(" | ");
+    if msg.contains("Operation not permitted") || msg.contains("Permission denied") {
+        msg.push_str(" (banhammer needs CAP_NET_ADMIN to change the firewall)");
+    } else if msg.contains("Protocol not supported")
+        || msg.contains("No such file or directory") && msg.contains("Could not process rule")
+    {
+        msg.push_str(" (does this kernel have nf_tables?)");
+    }
+    Err(format!("{tool} failed ({}): {msg}", out.status))
+}
+
 /// What actions need from the daemon.
 #[derive(Clone, Default)]
 pub struct ActionEnv {

@@ -19,8 +19,7 @@
 use super::table::{JailTable, Kernel, Ports, Redirect};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The table banhammer owns.
 pub const TABLE: &str = "banhammer";
@@ -270,43 +269,7 @@ fn remove_lines(out: &mut Vec<String>, set: &str, key: &IpNet) {
 
 /// Runs `nft -f -` with `script`; the error is nft's own message.
 fn run_nft(nft: &str, script: &str) -> Result<(), String> {
-    let mut child = Command::new(nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("cannot run {nft:?}: not found (install the nftables package)")
-            }
-            _ => format!("cannot run {nft:?}: {e}"),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // a write error shows up as nft's own failure below
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{nft}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let first: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(3)
-        .collect();
-    let mut msg = first.join(" | ");
-    if msg.contains("Operation not permitted") {
-        msg.push_str(" (banhammer needs CAP_NET_ADMIN to change the firewall)");
-    } else if msg.contains("Protocol not supported")
-        || msg.contains("No such file or directory") && msg.contains("Could not process rule")
-    {
-        msg.push_str(" (does this kernel have nf_tables?)");
-    }
-    Err(format!("nft failed ({}): {msg}", out.status))
+    super::run_tool(&[nft, "-f", "-"], script, "nftables")
 }
 
 /// Reads the elements of a jail's sets back from the kernel (`nft -j`):

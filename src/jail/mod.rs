@@ -253,6 +253,11 @@ impl JailDirectory {
         j.retain(|(n, _)| n != name);
     }
 
+    /// The running jails' names, in start order.
+    pub fn names(&self) -> Vec<String> {
+        self.snapshot().into_iter().map(|(n, _)| n).collect()
+    }
+
     pub fn snapshot(&self) -> Vec<(String, mpsc::Sender<JailMsg>)> {
         self.jails.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

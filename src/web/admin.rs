@@ -534,13 +534,7 @@ async fn bans_page(
         .await
         .map_err(WebError::internal)?;
     let pages = (page.total.div_ceil(u64::from(page.per_page)).max(1)) as u32;
-    let jails = state
-        .web
-        .jails
-        .snapshot()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let jails = state.web.jails.names();
     render(&BansPage {
         csrf: session.csrf,
         bans: ban_views(&page),
@@ -601,13 +595,7 @@ async fn address_page(
         page: 1,
         per_page: 500,
     };
-    let jails = state
-        .web
-        .jails
-        .snapshot()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let jails = state.web.jails.names();
     render(&AddressPage {
         csrf: session.csrf,
         ip: addr.to_string(),
