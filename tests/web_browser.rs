@@ -396,11 +396,17 @@ fn the_admin_view_speaks_tls_with_secure_cookies() {
         pki.path().display()
     ));
     let d = s.start();
-    let mut c = Command::new("openssl")
+    wait_for("the admin TLS listener", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    });
+    // `-quiet` implies ignoring end of input: s_client keeps reading until
+    // the server closes the connection (`Connection: close`).
+    let mut c = Command::new("timeout")
         .args([
+            "20",
+            "openssl",
             "s_client",
             "-quiet",
-            "-no_ign_eof",
             "-connect",
             &format!("127.0.0.1:{admin}"),
             "-CAfile",
