@@ -240,6 +240,31 @@ fn signed_messages_arrive_once_after_the_receiver_comes_back_and_cancelled_ones_
     rx.wait_unique("stop", 1, Duration::from_secs(10));
 }
 
+/// With the receiver up, a burst of bans is delivered once each: a message
+/// handed to the sender is not handed out again while its outcome is being
+/// recorded.
+#[test]
+fn a_burst_is_delivered_once_each() {
+    let port = free_port();
+    let rx = Receiver::default();
+    rx.start(port);
+    let s = setup(port, "");
+    let d = s.start();
+    let ips = addresses(1500, 70);
+    failures(&s, &ips);
+    rx.wait_unique("ban", 1500, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let copies = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.event == "ban")
+        .count();
+    assert_eq!(copies, 1500, "every ban message arrived exactly once");
+    d.stop();
+}
+
 #[test]
 fn a_thousand_pending_messages_survive_kill_9() {
     let port = free_port();

@@ -180,6 +180,15 @@ pub fn spawn(
         slots: Semaphore::new(PARALLEL),
         stats: stats.clone(),
     });
+    // how long a fetched message may take before it may be fetched again:
+    // its wait for a delivery slot behind a whole fetch, then every target
+    // timing out; a crash leaves it to be sent again once this has passed
+    let slowest = sh
+        .hooks
+        .values()
+        .map(|h| h.timeout * h.urls.len().max(1) as f64)
+        .fold(0.0, f64::max);
+    let lease = slowest * (FETCH / PARALLEL + 1) as f64 + 60.0;
     let task = tokio::spawn(async move {
         let tasks = tokio_util::task::TaskTracker::new();
         loop {
@@ -189,6 +198,7 @@ pub fn spawn(
                 .ask(|reply| StoreCmd::OutboxDue {
                     now,
                     limit: FETCH,
+                    lease,
                     reply,
                 })
                 .await;

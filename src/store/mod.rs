@@ -15,6 +15,7 @@ mod schema;
 
 use crate::jail::Origin;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -174,9 +175,13 @@ pub enum StoreCmd {
         event: String,
         data: serde_json::Value,
     },
+    /// Due messages, each leased to the caller until `now + lease`: a later
+    /// call does not return it again before then unless its outcome is
+    /// recorded as a retry (or the daemon restarts with the lease expired).
     OutboxDue {
         now: f64,
         limit: usize,
+        lease: f64,
         reply: oneshot::Sender<(Vec<outbox::OutboxItem>, Option<f64>)>,
     },
     OutboxRecord {
@@ -235,6 +240,7 @@ impl Store {
                     name,
                     rules: Vec::new(),
                     wake: None,
+                    leases: HashMap::new(),
                 }
                 .run(rx)
             })
@@ -331,6 +337,10 @@ struct Worker {
     name: String,
     rules: Vec<outbox::NotifyRule>,
     wake: Option<Arc<tokio::sync::Notify>>,
+    /// Outbox messages handed to the delivery worker and not yet recorded,
+    /// with when the hand-out lapses. In memory only: after a restart
+    /// nothing is in flight.
+    leases: HashMap<String, f64>,
 }
 
 /// Largest batch applied in one transaction.
@@ -459,7 +469,9 @@ impl Worker {
                     queued += outbox::on_event(&tx, rules, event, data)?;
                     None
                 }
-                StoreCmd::OutboxDue { now, limit, .. } => Some(Outcome::Due(outbox::due(&tx, *now, *limit)?)),
+                StoreCmd::OutboxDue { now, limit, .. } => {
+                    Some(Outcome::Due(outbox::due(&tx, *now, *limit, &self.leases)?))
+                }
                 StoreCmd::OutboxRecord { id, attempt } => {
                     outbox::record(&tx, id, attempt)?;
                     None
@@ -507,8 +519,15 @@ impl Worker {
                 (StoreCmd::Flush(reply), _) => {
                     let _ = reply.send(());
                 }
-                (StoreCmd::OutboxDue { reply, .. }, Some(Outcome::Due(d))) => {
+                (StoreCmd::OutboxDue { now, lease, reply, .. }, Some(Outcome::Due(d))) => {
+                    self.leases.retain(|_, until| *until > now);
+                    for i in &d.0 {
+                        self.leases.insert(i.id.clone(), now + lease);
+                    }
                     let _ = reply.send(d);
+                }
+                (StoreCmd::OutboxRecord { id, .. }, _) => {
+                    self.leases.remove(&id);
                 }
                 (StoreCmd::OutboxList { reply, .. }, Some(Outcome::List(l))) => {
                     let _ = reply.send(l);

@@ -10,6 +10,7 @@
 //! moves it to now.
 
 use super::{BanRecord, BanRequest};
+use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -306,19 +307,23 @@ fn item(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     })
 }
 
-/// Pending messages due by `now` (at most `limit`, oldest due first), and
-/// when the next one after them is due.
+/// Pending messages due by `now` (at most `limit`, oldest due first) that
+/// are not leased (handed out, outcome not yet recorded) until later than
+/// `now`, and when the next one after them is due.
 pub fn due(
     tx: &Transaction<'_>,
     now: f64,
     limit: usize,
+    leases: &HashMap<String, f64>,
 ) -> rusqlite::Result<(Vec<OutboxItem>, Option<f64>)> {
-    let items = tx
+    let mut items = tx
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND due <= ?1 ORDER BY due LIMIT ?2"
         ))?
-        .query_map(params![now, limit as i64], item)?
+        .query_map(params![now, (limit + leases.len()) as i64], item)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    items.retain(|i| leases.get(&i.id).is_none_or(|&until| until <= now));
+    items.truncate(limit);
     let next: Option<f64> = tx
         .prepare_cached("SELECT MIN(due) FROM outbox WHERE state = 'pending' AND due > ?1")?
         .query_row(params![now], |r| r.get(0))?;
