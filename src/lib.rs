@@ -24,6 +24,7 @@ pub mod firewall;
 pub mod jail;
 pub mod logging;
 pub mod notify;
+pub mod random;
 pub mod source;
 pub mod store;
 pub mod tls;

@@ -35,20 +35,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Uniform in [0, 1), from the kernel (jitter and target order).
-fn random() -> f64 {
-    let mut b = [0u8; 8];
-    use std::io::Read;
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// When to try again after `attempts` failed tries: `base * 2^attempts`,
 /// at most an hour, with ±50% jitter so that retries of many messages do
 /// not arrive together.
 pub fn next_try(base: f64, attempts: u32, now: f64) -> f64 {
     let d = (base * 2f64.powi(attempts.min(30) as i32)).min(MAX_BACKOFF);
-    now + d * (0.5 + random())
+    now + d * (0.5 + crate::random::unit())
 }
 
 /// What the worker shares with its delivery tasks.
@@ -79,7 +71,7 @@ async fn deliver(sh: &Shared, item: &OutboxItem) -> Attempt {
     let mut targets = hook.urls.clone();
     // Fisher-Yates with kernel randomness
     for i in (1..targets.len()).rev() {
-        let j = (random() * (i + 1) as f64) as usize;
+        let j = (crate::random::unit() * (i + 1) as f64) as usize;
         targets.swap(i, j.min(i));
     }
     let body = item.payload.clone().into_bytes();
@@ -159,108 +151,148 @@ async fn report(sh: &Shared, item: &OutboxItem, a: &Attempt) {
 }
 
 /// Starts the delivery worker; `wake` is what the store notifies when it
-/// queues messages.
+/// queues messages. The worker runs on its own thread and runtime at a
+/// lower CPU priority (nice +10): during a burst, enforcing bans comes
+/// before telling receivers about them.
 pub fn spawn(
     store: Store,
     hooks: Vec<WebhookConfig>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<WebhookStats>), String> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(PARALLEL)
-        .build()
-        .map_err(|e| format!("webhooks: cannot make an HTTP client: {e}"))?;
     let stats = Arc::new(WebhookStats::default());
-    let sh = Arc::new(Shared {
-        store,
-        hooks: hooks.into_iter().map(|h| (h.name.clone(), h)).collect(),
-        client,
-        in_flight: Mutex::new(HashSet::new()),
-        slots: Semaphore::new(PARALLEL),
-        stats: stats.clone(),
+    let mine = stats.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let thread = std::thread::Builder::new()
+        .name("webhooks".into())
+        .spawn(move || {
+            // SAFETY: setpriority with who = 0 changes the calling thread only
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("webhooks: cannot start a runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let client = match reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .pool_max_idle_per_host(PARALLEL)
+                    .build()
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("webhooks: cannot make an HTTP client: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let sh = Arc::new(Shared {
+                    store,
+                    hooks: hooks.into_iter().map(|h| (h.name.clone(), h)).collect(),
+                    client,
+                    in_flight: Mutex::new(HashSet::new()),
+                    slots: Semaphore::new(PARALLEL),
+                    stats: mine,
+                });
+                run(sh, wake, cancel).await;
+            });
+        })
+        .map_err(|e| format!("webhooks: cannot start the delivery thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "webhooks: the delivery thread ended at start".to_string())??;
+    let task = tokio::task::spawn_blocking(move || {
+        let _ = thread.join();
     });
+    Ok((task, stats))
+}
+
+/// The delivery loop: fetch due messages, send each in its own task, wait
+/// for more.
+async fn run(sh: Arc<Shared>, wake: Arc<Notify>, cancel: CancellationToken) {
     // how long a fetched message may take before it may be fetched again:
     // its wait for a delivery slot behind a whole fetch, then every target
-    // timing out; a crash leaves it to be sent again once this has passed
+    // timing out (leases are in memory: after a restart nothing is leased)
     let slowest = sh
         .hooks
         .values()
         .map(|h| h.timeout * h.urls.len().max(1) as f64)
         .fold(0.0, f64::max);
     let lease = slowest * (FETCH / PARALLEL + 1) as f64 + 60.0;
-    let task = tokio::spawn(async move {
-        let tasks = tokio_util::task::TaskTracker::new();
-        loop {
-            let now = crate::jail::now();
-            let due = sh
-                .store
-                .ask(|reply| StoreCmd::OutboxDue {
-                    now,
-                    limit: FETCH,
-                    lease,
-                    reply,
-                })
-                .await;
-            let (items, next) = match due {
-                Ok(d) => d,
-                Err(_) => break,
-            };
-            let mut started = 0;
-            for item in items {
-                {
-                    let mut f = sh.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                    if !f.insert(item.id.clone()) {
-                        continue;
-                    }
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let now = crate::jail::now();
+        let due = sh
+            .store
+            .ask(|reply| StoreCmd::OutboxDue {
+                now,
+                limit: FETCH,
+                lease,
+                reply,
+            })
+            .await;
+        let (items, next) = match due {
+            Ok(d) => d,
+            Err(_) => break,
+        };
+        let mut started = 0;
+        for item in items {
+            {
+                let mut f = sh.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if !f.insert(item.id.clone()) {
+                    continue;
                 }
-                started += 1;
-                let sh = sh.clone();
-                tasks.spawn(async move {
-                    let _slot = sh.slots.acquire().await;
-                    let a = deliver(&sh, &item).await;
-                    use std::sync::atomic::Ordering::Relaxed;
-                    match &a {
-                        Attempt::Delivered { .. } => sh.stats.delivered.fetch_add(1, Relaxed),
-                        Attempt::Retry { error, .. } => {
-                            tracing::debug!(target: "banhammer.notify", webhook = %item.webhook, id = %item.id, "webhook delivery failed, will retry: {error}");
-                            sh.stats.retried.fetch_add(1, Relaxed)
-                        }
-                        Attempt::Failed { error } => {
-                            tracing::warn!(target: "banhammer.notify", webhook = %item.webhook, id = %item.id, "webhook message given up: {error}");
-                            sh.stats.failed.fetch_add(1, Relaxed)
-                        }
-                    };
-                    let _ = sh.store.send(StoreCmd::OutboxRecord {
-                        id: item.id.clone(),
-                        attempt: a.clone(),
-                    });
-                    sh.in_flight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&item.id);
-                    report(&sh, &item, &a).await;
+            }
+            started += 1;
+            let sh = sh.clone();
+            tasks.spawn(async move {
+                let _slot = sh.slots.acquire().await;
+                let a = deliver(&sh, &item).await;
+                use std::sync::atomic::Ordering::Relaxed;
+                match &a {
+                    Attempt::Delivered { .. } => sh.stats.delivered.fetch_add(1, Relaxed),
+                    Attempt::Retry { error, .. } => {
+                        tracing::debug!(target: "banhammer.notify", webhook = %item.webhook, id = %item.id, "webhook delivery failed, will retry: {error}");
+                        sh.stats.retried.fetch_add(1, Relaxed)
+                    }
+                    Attempt::Failed { error } => {
+                        tracing::warn!(target: "banhammer.notify", webhook = %item.webhook, id = %item.id, "webhook message given up: {error}");
+                        sh.stats.failed.fetch_add(1, Relaxed)
+                    }
+                };
+                let _ = sh.store.send(StoreCmd::OutboxRecord {
+                    id: item.id.clone(),
+                    attempt: a.clone(),
                 });
-            }
-            // more due right away (a burst), else wait for new messages, the
-            // next due one, or a periodic look (results of the tasks)
-            let wait = if started >= FETCH / 2 {
-                Duration::from_millis(10)
-            } else {
-                let until_next = next.map_or(60.0, |n| (n - crate::jail::now()).max(0.0));
-                Duration::from_secs_f64(until_next.min(1.0))
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
+                sh.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&item.id);
+                report(&sh, &item, &a).await;
+            });
         }
-        tasks.close();
-        // deliveries under way finish (or time out) before the daemon stops
-        let _ = tokio::time::timeout(Duration::from_secs(15), tasks.wait()).await;
-    });
-    Ok((task, stats))
+        // more due right away (a burst), else wait for new messages, the
+        // next due one, or a periodic look (results of the tasks)
+        let wait = if started >= FETCH / 2 {
+            Duration::from_millis(10)
+        } else {
+            let until_next = next.map_or(60.0, |n| (n - crate::jail::now()).max(0.0));
+            Duration::from_secs_f64(until_next.min(1.0))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tasks.close();
+    // deliveries under way finish (or time out) before the daemon stops
+    let _ = tokio::time::timeout(Duration::from_secs(15), tasks.wait()).await;
 }
 
 #[cfg(test)]

@@ -68,11 +68,7 @@ pub enum Attempt {
 /// A random message id (the receivers' key for dropping duplicates).
 pub fn new_id() -> String {
     let mut buf = [0u8; 16];
-    use std::io::Read;
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
+    if crate::random::fill(&mut buf).is_err() {
         // the time and a counter are unique enough within one daemon
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -6,7 +6,6 @@
 //! ingest path, and the lock is never held across `.await`.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,11 +19,10 @@ const WINDOW: Duration = Duration::from_secs(600);
 /// 32 random bytes as hex, from the kernel.
 pub fn random_token() -> String {
     let mut buf = [0u8; 32];
-    // /dev/urandom does not fail on Linux once it exists; if it is missing
-    // the system is broken enough that the error below is the right answer
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if ok.is_err() {
-        tracing::error!(target: "banhammer.web", "cannot read /dev/urandom; sessions are not safe");
+    // getrandom does not fail on a working Linux; if it does, the system is
+    // broken enough that the error below is the right answer
+    if let Err(e) = crate::random::fill(&mut buf) {
+        tracing::error!(target: "banhammer.web", "{e}; sessions are not safe");
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -127,9 +125,7 @@ pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut salt))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    crate::random::fill(&mut salt)?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
