@@ -643,7 +643,9 @@ async fn ask_all<T: Send + 'static>(
     answers
 }
 
-fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {
+/// Addresses given to `ban`, `unban` and `banned` (every notation
+/// `ignoreip` accepts for one address).
+pub fn parse_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {
     ips.iter()
         .map(|s| {
             crate::jail::ignore::parse_addr(s).ok_or_else(|| format!("{s:?} is not an IP address"))

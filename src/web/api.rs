@@ -117,21 +117,39 @@ async fn failures(State(state): State<AdminState>, Query(q): Query<FailureQuery>
     }
 }
 
-#[derive(serde::Deserialize)]
-struct BanBody {
+/// The body of `POST /api/v1/ban` and `/api/v1/unban`.
+#[derive(Debug, serde::Deserialize)]
+pub struct BanBody {
     #[serde(default)]
-    jail: Option<String>,
+    pub jail: Option<String>,
     #[serde(default)]
-    ip: Option<String>,
+    pub ip: Option<String>,
     #[serde(default)]
-    ips: Vec<String>,
+    pub ips: Vec<String>,
     #[serde(default)]
-    all: bool,
+    pub all: bool,
 }
 
 impl BanBody {
     fn addresses(&self) -> Vec<String> {
         self.ip.iter().chain(self.ips.iter()).cloned().collect()
+    }
+
+    /// The daemon request for a ban.
+    pub fn ban(&self) -> Result<Request, String> {
+        let jail = self.jail.clone().ok_or("jail is missing")?;
+        Ok(Request::Ban {
+            jail,
+            ips: self.addresses(),
+        })
+    }
+
+    /// The daemon request for an unban.
+    pub fn unban(&self) -> Request {
+        Request::Unban {
+            ips: self.addresses(),
+            all: self.all,
+        }
     }
 }
 
@@ -147,28 +165,14 @@ fn answer(r: Result<Value, String>) -> Response {
 }
 
 async fn ban(State(state): State<AdminState>, Json(b): Json<BanBody>) -> Response {
-    let Some(jail) = b.jail.clone() else {
-        return answer(Err("jail is missing".into()));
-    };
-    answer(
-        state
-            .ask_daemon(Request::Ban {
-                jail,
-                ips: b.addresses(),
-            })
-            .await,
-    )
+    match b.ban() {
+        Ok(r) => answer(state.ask_daemon(r).await),
+        Err(e) => answer(Err(e)),
+    }
 }
 
 async fn unban(State(state): State<AdminState>, Json(b): Json<BanBody>) -> Response {
-    answer(
-        state
-            .ask_daemon(Request::Unban {
-                ips: b.addresses(),
-                all: b.all,
-            })
-            .await,
-    )
+    answer(state.ask_daemon(b.unban()).await)
 }
 
 #[derive(serde::Deserialize)]
