@@ -7,6 +7,8 @@
 //! `BANHAMMER_SOAK=1` runs the long forms (100 kills instead of 10).
 
 mod common;
+use common::netns::{elements, Netns};
+use common::receiver::{Receiver, SECRET};
 use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -127,9 +129,11 @@ fn a_full_disk_does_not_stop_bans_and_loses_none() {
     daemon.stop();
 }
 
-/// `kill -9` at random moments while lines stream in and bans are made:
-/// after each restart the database is sound and every ban the daemon had
-/// acknowledged (listed by `banned`) is still active.
+/// `kill -9` at random moments while lines stream in and bans are made,
+/// the daemon in a network namespace of the test's with native nftables and
+/// a webhook: after each restart the database is sound and every ban the
+/// daemon had acknowledged (listed by `banned`) is still active, in SQLite
+/// and in the kernel's set; in the end every ban's webhook message arrived.
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
     let rounds = if std::env::var("BANHAMMER_SOAK").is_ok() {
@@ -137,15 +141,21 @@ fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
     } else {
         10
     };
+    let ns = Netns::new("kill9");
+    let rx = Receiver::default();
+    rx.start_in(Some(&ns), 18080);
     let s = Setup::new("");
     s.write("auth.log", "");
     s.write(
         "conf/jail.conf",
         &format!(
-            "[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\nmaxretry = 2\nfindtime = 1h\nbantime = 1d\n",
+            "[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\nmaxretry = 2\nfindtime = 1h\nbantime = 1d\naction = nftables[port=\"22\", protocol=\"tcp\"]\n",
             s.path("auth.log").display()
         ),
     );
+    s.write_daemon_conf(&format!(
+        "[webhook hook]\nurl = http://127.0.0.1:18080/hook\nevents = ban\nsecret = {SECRET}\nretry = 1s\n"
+    ));
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -156,7 +166,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
     let mut acknowledged: std::collections::HashSet<String> = Default::default();
     let mut n = 0u32;
     for round in 0..rounds {
-        let d = s.start();
+        let d = s.start_in(Some(&ns.name));
         // everything acknowledged before is still banned
         let now: std::collections::HashSet<String> = d
             .banned()
@@ -167,6 +177,24 @@ fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
         assert!(
             lost.is_empty(),
             "round {round}: acknowledged bans lost: {lost:?}"
+        );
+        // and in the kernel (the table is rebuilt from SQLite at start)
+        let mut missing = Vec::new();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let set: std::collections::HashSet<String> =
+                elements(&ns, "sshd_v4").into_iter().collect();
+            missing = acknowledged.difference(&set).cloned().collect();
+            if missing.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged bans not in the nft set: {} (e.g. {:?})",
+            missing.len(),
+            missing.first()
         );
         // a burst of failures, then a kill at a random moment within it
         let writer = {
@@ -215,7 +243,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
         );
     }
     // at the end every address has two failures: every one is banned
-    let d = s.start();
+    let d = s.start_in(Some(&ns.name));
     let expected = n as usize;
     let t = Instant::now();
     while d.banned().len() < expected && t.elapsed() < Duration::from_secs(60) {
@@ -226,6 +254,23 @@ fn kill_9_at_random_moments_loses_no_acknowledged_ban() {
         expected,
         "every address banned exactly once in the end"
     );
+    // no webhook lost: a ban message for every address (duplicates from
+    // the kills are allowed; the receiver drops them by id)
+    let t = Instant::now();
+    let mut told = std::collections::HashSet::new();
+    while t.elapsed() < Duration::from_secs(60) {
+        told = rx
+            .unique("ban")
+            .values()
+            .filter_map(|m| m.body["ip"].as_str().map(String::from))
+            .collect::<std::collections::HashSet<String>>();
+        if told.len() >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(told.len(), expected, "a ban message for every ban");
+    assert_eq!(*rx.bad_signatures.lock().unwrap(), 0);
     d.stop();
 }
 

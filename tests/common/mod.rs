@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod receiver;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
