@@ -254,7 +254,7 @@ fn expand_directives(pattern: &str) -> Result<(String, String), String> {
         let Some(key) = key else {
             return Err(format!(
                 "unknown directive or unescaped percent sign at {:?} (write %% for a literal percent sign)",
-                &rest[p..rest.len().min(p + 6)]
+                rest[p..].chars().take(6).collect::<String>()
             ));
         };
         name.push_str(&time_name(&key));
@@ -1612,6 +1612,16 @@ mod tests {
         let m = st.match_time(det, line)?;
         let t = st.get_time(det, line, &m, now);
         Some((line[m.start..m.end].to_string(), t))
+    }
+
+    /// Found by fuzzing (fuzz/artifacts/date): an unknown directive followed
+    /// by a multi-byte character made the error message slice inside it.
+    #[test]
+    fn an_unknown_directive_before_non_ascii_is_an_error_not_a_panic() {
+        for p in ["%E\u{fffd}\u{fffd}xm", "%E\u{80}xm", "{^LN-BEG}%%E\u{80}%E\u{80}\u{a6}Exm", "%\u{e9}t\u{e9}"] {
+            let e = DateDetector::from_datepattern(p).err().expect("refused");
+            assert!(e.to_string().contains("unknown directive"), "{e}");
+        }
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> f64 {
