@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A daemon with `[syslog]` listeners on free loopback ports and an sshd
 /// jail on syslog.
@@ -627,4 +627,23 @@ fn tls_with_client_certificates() {
         counter(&d, "tls_errors") >= 1
     });
     assert!(!d.is_banned("192.0.2.62"));
+}
+
+/// A syslog jail with the web listeners on (their metrics keep the syslog
+/// receiver alive): `stop` still ends every jail and the process.
+#[test]
+fn stop_ends_syslog_jails_while_the_web_is_on() {
+    let s = Setup::new(
+        "[sshd]\nenabled = true\nfilter = sshd\nbackend = syslog\nmaxretry = 3\nfindtime = 600\nbantime = 600\n",
+    );
+    s.write_daemon_conf(
+        "[syslog]\nlisten = udp://127.0.0.1:0 tcp://127.0.0.1:0\n[web]\nadmin_listen = 127.0.0.1:0\nbanpage_listen = 127.0.0.1:0\napi_tokens = t\n",
+    );
+    let d = s.start();
+    let udp = listener(&d, "udp").port().to_string();
+    logger(&["--server", "127.0.0.1", "--udp", "--port", &udp, "--rfc3164", "-t", "sshd"], &failure("192.0.2.77", 1));
+    let t = Instant::now();
+    d.stop();
+    assert!(t.elapsed() < Duration::from_secs(15), "stop took {:?}", t.elapsed());
+    assert!(s.log().contains("[sshd] Jail stopped"), "{}", s.log());
 }

@@ -723,7 +723,7 @@ impl Jail {
         if !self.pending.contains(&key) || self.banned.contains_key(&key) {
             return;
         }
-        tracing::warn!(target: "banhammer.actions", jail = %self.cfg.name, ip = %rec.ip, "Ban enforced before the database could record it (is the disk full?); it is recorded as soon as the database can write");
+        tracing::warn!(target: "banhammer.actions", jail = %self.cfg.name, ip = %rec.ip, "Ban enforced before the database recorded it (the database is slow or cannot write: a full disk?); it is recorded as soon as the database catches up");
         tracing::info!(target: "banhammer.actions", notice = true, jail = %self.cfg.name, ip = %rec.ip, "Ban");
         if let Some(end) = rec.end {
             self.unbans.insert((ms(end), key));

@@ -343,6 +343,13 @@ struct Worker {
     leases: HashMap<String, f64>,
 }
 
+/// The active ban of an address in a jail (index `bans_jail_ip_active`).
+const ACTIVE_BAN: &str =
+    "SELECT id, end FROM bans WHERE jail = ?1 AND ip = ?2 AND active = 1 ORDER BY id DESC LIMIT 1";
+/// Ends the active ban of an address in a jail at `?3`.
+const END_ACTIVE_BAN: &str =
+    "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1";
+
 /// Largest batch applied in one transaction.
 const BATCH: usize = 4096;
 
@@ -457,10 +464,10 @@ impl Worker {
                 }
                 StoreCmd::Unban { jail, ip, time } => {
                     let active: Option<(i64, Option<f64>)> = tx
-                        .prepare_cached("SELECT id, end FROM bans WHERE jail = ?1 AND ip = ?2 AND active = 1 ORDER BY id DESC LIMIT 1")?
+                        .prepare_cached(ACTIVE_BAN)?
                         .query_row(params![jail, ip], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
-                    tx.prepare_cached("UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1")?
+                    tx.prepare_cached(END_ACTIVE_BAN)?
                         .execute(params![jail, ip, time])?;
                     queued += outbox::on_unban(&tx, rules, active, jail, ip, *time)?;
                     None
@@ -625,9 +632,7 @@ fn record_ban(
     let matches = req.matches.clone();
     // an address banned again while active (manual ban): the new ban replaces it
     let replaced = tx
-        .prepare_cached(
-            "UPDATE bans SET active = 0, ended = ?3 WHERE jail = ?1 AND ip = ?2 AND active = 1",
-        )?
+        .prepare_cached(END_ACTIVE_BAN)?
         .execute(params![req.jail, req.ip, req.start])?
         > 0;
     tx.prepare_cached(
@@ -772,6 +777,39 @@ mod tests {
             time,
             line: format!("line {time}").into(),
             origin: None,
+        }
+    }
+
+    /// With many active bans in a jail, lifting one looks up that address
+    /// through its index, not by walking the jail's active bans (which
+    /// stalled the store once bans began to expire under load).
+    #[test]
+    fn one_address_s_active_ban_is_found_through_its_index() {
+        let conn = open_connection(None).expect("open");
+        schema::migrate(&conn).expect("migrate");
+        {
+            let mut ins = conn
+                .prepare("INSERT INTO bans (jail, ip, start, end, ban_count, failures, active) VALUES ('j', ?1, 0, 1, 0, 1, 1)")
+                .expect("insert");
+            for i in 0..5000 {
+                ins.execute(params![format!("10.0.{}.{}", i / 250, i % 250)]).expect("row");
+            }
+        }
+        for sql in [ACTIVE_BAN, END_ACTIVE_BAN] {
+            let mut st = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let args: &[&dyn rusqlite::ToSql] = &[&"j", &"10.0.1.1", &2.0];
+            let plan: Vec<String> = st
+                .query_map(&args[..st.parameter_count()], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("bans_jail_ip_active (jail=? AND ip=? AND active=?)"),
+                "{sql}: {plan}"
+            );
         }
     }
 

@@ -72,6 +72,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_ban ON outbox (ban_id)",
     // 7: the dashboard's top syslog senders without reading every failure
     "CREATE INDEX failures_sender ON failures (peer, host, time) WHERE peer IS NOT NULL",
+    // 8: one address's active ban in a jail (unban, ban extension) without
+    // walking all the jail's active bans
+    "CREATE INDEX bans_jail_ip_active ON bans (jail, ip, active)",
 ];
 
 /// Brings the database to the current schema.

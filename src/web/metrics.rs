@@ -52,7 +52,7 @@ pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             );
         }
     }
-    let per_jail: [(&str, &str, &str, fn(&crate::jail::JailStatus) -> u64); 5] = [
+    let per_jail: [(&str, &str, &str, fn(&crate::jail::JailStatus) -> u64); 6] = [
         (
             "banhammer_failures_total",
             "counter",
@@ -64,6 +64,12 @@ pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "counter",
             "Bans made (including restored ones).",
             |j| j.total_banned,
+        ),
+        (
+            "banhammer_unbans_total",
+            "counter",
+            "Bans lifted (expired or by hand).",
+            |j| j.total_unbanned,
         ),
         ("banhammer_active_bans", "gauge", "Bans in force.", |j| {
             j.currently_banned as u64

@@ -570,7 +570,8 @@ async fn the_api_wants_its_token() {
         .unwrap()
         .starts_with("text/plain"));
     assert!(
-        body.contains("banhammer_active_bans{jail=\"sshd\"} 1"),
+        body.contains("banhammer_active_bans{jail=\"sshd\"} 1")
+            && body.contains("banhammer_unbans_total{jail=\"sshd\"} "),
         "{body}"
     );
     assert!(

@@ -359,7 +359,9 @@ impl SyslogHub {
         routes.retain(|r| r.jail != name);
     }
 
-    /// Stops the listeners and waits for them.
+    /// Stops the listeners and waits for them, then drops every route, so
+    /// that the jails' worker threads see their input end (the receiver
+    /// itself may live on in the metrics).
     pub async fn stop(self) {
         self.cancel.cancel();
         for t in self.tasks {
@@ -372,6 +374,10 @@ impl SyslogHub {
             }
         })
         .await;
+        match self.receiver.routes.write() {
+            Ok(mut r) => r.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
     }
 }
 
