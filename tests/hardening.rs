@@ -108,7 +108,7 @@ fn a_full_disk_does_not_stop_bans_and_loses_none() {
     });
     assert!(
         s.log()
-            .contains("Ban enforced before the database could record it"),
+            .contains("Ban enforced before the database recorded it"),
         "{}",
         s.log()
     );
