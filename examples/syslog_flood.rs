@@ -498,9 +498,7 @@ fn udp_sender(job: &UdpJob, start: &Barrier, totals: &Totals) {
                     continue;
                 }
                 Some(libc::EIO) | Some(libc::EINVAL) if ks[done] > 1 => {
-                    eprintln!(
-                        "syslog_flood: UDP GSO refused ({e}); run without --gso"
-                    );
+                    eprintln!("syslog_flood: UDP GSO refused ({e}); run without --gso");
                     std::process::exit(2);
                 }
                 _ => {
@@ -579,7 +577,12 @@ fn tcp_sender(
             return;
         }
     };
-    set_buffer(s.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+    set_buffer(
+        s.as_raw_fd(),
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        4 << 20,
+    );
     let n_pool = framed.len();
     let byte_at = |i: usize| if i == 0 { 0 } else { framed.ends[i - 1] };
     // messages per write(): ~256 KiB when flooding, small batches when paced
@@ -675,8 +678,20 @@ fn send(a: &Args, pool: Pool) {
     }
     let errors = totals.errors.load(Ordering::Relaxed);
     let sent = totals.sent.load(Ordering::Relaxed);
-    let first = totals.first.lock().map(|x| *x).ok().flatten().unwrap_or(0.0);
-    let last = totals.last.lock().map(|x| *x).ok().flatten().unwrap_or(first);
+    let first = totals
+        .first
+        .lock()
+        .map(|x| *x)
+        .ok()
+        .flatten()
+        .unwrap_or(0.0);
+    let last = totals
+        .last
+        .lock()
+        .map(|x| *x)
+        .ok()
+        .flatten()
+        .unwrap_or(first);
     let secs = (last - first).max(1e-9);
     let transport = if tcp {
         format!(
@@ -732,7 +747,12 @@ struct SinkCount {
 fn sink_udp(sock: UdpSocket, c: Arc<SinkCount>, spin: bool) {
     const VLEN: usize = 256;
     const SIZE: usize = 2048;
-    set_buffer(sock.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 16 << 20);
+    set_buffer(
+        sock.as_raw_fd(),
+        libc::SO_RCVBUFFORCE,
+        libc::SO_RCVBUF,
+        16 << 20,
+    );
     let mut bufs = vec![0u8; SIZE * VLEN];
     // SAFETY (zeroed): plain C structs for which all-zero is valid.
     let mut iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; VLEN];
@@ -752,12 +772,19 @@ fn sink_udp(sock: UdpSocket, c: Arc<SinkCount>, spin: bool) {
                 fd,
                 msgs.as_mut_ptr(),
                 VLEN as libc::c_uint,
-                if spin { libc::MSG_DONTWAIT } else { libc::MSG_WAITFORONE },
+                if spin {
+                    libc::MSG_DONTWAIT
+                } else {
+                    libc::MSG_WAITFORONE
+                },
                 std::ptr::null_mut(),
             )
         };
         if r > 0 {
-            let bytes: u64 = msgs[..r as usize].iter().map(|m| u64::from(m.msg_len)).sum();
+            let bytes: u64 = msgs[..r as usize]
+                .iter()
+                .map(|m| u64::from(m.msg_len))
+                .sum();
             c.bytes.fetch_add(bytes, Ordering::Relaxed);
             c.n.fetch_add(r as u64, Ordering::Relaxed);
         }

@@ -641,9 +641,25 @@ fn stop_ends_syslog_jails_while_the_web_is_on() {
     );
     let d = s.start();
     let udp = listener(&d, "udp").port().to_string();
-    logger(&["--server", "127.0.0.1", "--udp", "--port", &udp, "--rfc3164", "-t", "sshd"], &failure("192.0.2.77", 1));
+    logger(
+        &[
+            "--server",
+            "127.0.0.1",
+            "--udp",
+            "--port",
+            &udp,
+            "--rfc3164",
+            "-t",
+            "sshd",
+        ],
+        &failure("192.0.2.77", 1),
+    );
     let t = Instant::now();
     d.stop();
-    assert!(t.elapsed() < Duration::from_secs(15), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        t.elapsed()
+    );
     assert!(s.log().contains("[sshd] Jail stopped"), "{}", s.log());
 }

@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fn addresses(r: &Request) -> Option<&Vec<String>> {
     match r {
-        Request::Ban { ips, .. } | Request::Unban { ips, .. } | Request::Banned { ips } => Some(ips),
+        Request::Ban { ips, .. } | Request::Unban { ips, .. } | Request::Banned { ips } => {
+            Some(ips)
+        }
         _ => None,
     }
 }

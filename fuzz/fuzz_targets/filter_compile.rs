@@ -9,9 +9,19 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.split('\u{1}');
-    let failregex: Vec<String> = parts.next().unwrap_or_default().lines().map(String::from).collect();
+    let failregex: Vec<String> = parts
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
     let prefregex = parts.next().map(String::from).filter(|s| !s.is_empty());
-    let ignoreregex: Vec<String> = parts.next().unwrap_or_default().lines().map(String::from).collect();
+    let ignoreregex: Vec<String> = parts
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
     let datepattern = parts.next().map(String::from).filter(|s| !s.is_empty());
     let def = FilterDefinition {
         name: "fuzz".into(),

@@ -13,8 +13,19 @@ fn filters() -> &'static Vec<Filter> {
     F.get_or_init(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../filters");
         [
-            "sshd", "sshd[mode=aggressive]", "sshd[logtype=journal]", "nginx-http-auth", "nginx-limit-req",
-            "apache-auth", "postfix", "dovecot", "vsftpd", "recidive", "elgg", "webapp", "banhammer-admin",
+            "sshd",
+            "sshd[mode=aggressive]",
+            "sshd[logtype=journal]",
+            "nginx-http-auth",
+            "nginx-limit-req",
+            "apache-auth",
+            "postfix",
+            "dovecot",
+            "vsftpd",
+            "recidive",
+            "elgg",
+            "webapp",
+            "banhammer-admin",
         ]
         .iter()
         .filter_map(|spec| {
@@ -33,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
         for line in text.split('\n') {
             for fail in st.process_line(f, line, 1_796_000_000.0) {
                 if let Some(id) = &fail.fid {
-                    assert!(text.contains(id.as_str()) || id.parse::<std::net::IpAddr>().is_ok(), "id {id:?} not from the input");
+                    assert!(
+                        text.contains(id.as_str()) || id.parse::<std::net::IpAddr>().is_ok(),
+                        "id {id:?} not from the input"
+                    );
                 }
             }
         }

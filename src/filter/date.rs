@@ -1618,7 +1618,12 @@ mod tests {
     /// by a multi-byte character made the error message slice inside it.
     #[test]
     fn an_unknown_directive_before_non_ascii_is_an_error_not_a_panic() {
-        for p in ["%E\u{fffd}\u{fffd}xm", "%E\u{80}xm", "{^LN-BEG}%%E\u{80}%E\u{80}\u{a6}Exm", "%\u{e9}t\u{e9}"] {
+        for p in [
+            "%E\u{fffd}\u{fffd}xm",
+            "%E\u{80}xm",
+            "{^LN-BEG}%%E\u{80}%E\u{80}\u{a6}Exm",
+            "%\u{e9}t\u{e9}",
+        ] {
             let e = DateDetector::from_datepattern(p).err().expect("refused");
             assert!(e.to_string().contains("unknown directive"), "{e}");
         }

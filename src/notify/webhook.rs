@@ -186,7 +186,8 @@ pub fn spawn(
                 {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("webhooks: cannot make an HTTP client: {e}")));
+                        let _ = ready_tx
+                            .send(Err(format!("webhooks: cannot make an HTTP client: {e}")));
                         return;
                     }
                 };

@@ -430,7 +430,12 @@ impl Worker {
                     let mut bans = Vec::new();
                     for op in ops {
                         match op {
-                            ChunkOp::Failure { ip, time, line, origin } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
+                            ChunkOp::Failure {
+                                ip,
+                                time,
+                                line,
+                                origin,
+                            } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
                             ChunkOp::Ban { req, .. } => {
                                 let (rec, extended) = record_ban(&tx, req)?;
                                 queued += outbox::on_ban(&tx, rules, &rec, req, extended)?;
@@ -445,7 +450,13 @@ impl Worker {
                     }
                     Some(Outcome::Bans(bans))
                 }
-                StoreCmd::Failure { jail, ip, time, line, origin } => {
+                StoreCmd::Failure {
+                    jail,
+                    ip,
+                    time,
+                    line,
+                    origin,
+                } => {
                     insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?;
                     None
                 }
@@ -483,7 +494,9 @@ impl Worker {
                     outbox::record(&tx, id, attempt)?;
                     None
                 }
-                StoreCmd::OutboxList { state, limit, .. } => Some(Outcome::List(outbox::list(&tx, state.as_deref(), *limit)?)),
+                StoreCmd::OutboxList { state, limit, .. } => {
+                    Some(Outcome::List(outbox::list(&tx, state.as_deref(), *limit)?))
+                }
                 StoreCmd::OutboxCancel { id, .. } => Some(Outcome::Done(outbox::cancel(&tx, id)?)),
                 StoreCmd::OutboxRetry { id, .. } => {
                     let done = outbox::retry(&tx, id)?;
@@ -492,7 +505,12 @@ impl Worker {
                 }
                 StoreCmd::OutboxCounts(_) => Some(Outcome::Counts(outbox::counts(&tx)?)),
                 StoreCmd::SetRules { .. } => None,
-                StoreCmd::Load { jail, findtime, now, .. } => Some(Outcome::State(load_state(&tx, jail, *findtime, *now)?)),
+                StoreCmd::Load {
+                    jail,
+                    findtime,
+                    now,
+                    ..
+                } => Some(Outcome::State(load_state(&tx, jail, *findtime, *now)?)),
                 StoreCmd::Purge { before } => {
                     purge(&tx, *before)?;
                     None
@@ -526,7 +544,12 @@ impl Worker {
                 (StoreCmd::Flush(reply), _) => {
                     let _ = reply.send(());
                 }
-                (StoreCmd::OutboxDue { now, lease, reply, .. }, Some(Outcome::Due(d))) => {
+                (
+                    StoreCmd::OutboxDue {
+                        now, lease, reply, ..
+                    },
+                    Some(Outcome::Due(d)),
+                ) => {
                     self.leases.retain(|_, until| *until > now);
                     for i in &d.0 {
                         self.leases.insert(i.id.clone(), now + lease);
@@ -792,7 +815,8 @@ mod tests {
                 .prepare("INSERT INTO bans (jail, ip, start, end, ban_count, failures, active) VALUES ('j', ?1, 0, 1, 0, 1, 1)")
                 .expect("insert");
             for i in 0..5000 {
-                ins.execute(params![format!("10.0.{}.{}", i / 250, i % 250)]).expect("row");
+                ins.execute(params![format!("10.0.{}.{}", i / 250, i % 250)])
+                    .expect("row");
             }
         }
         for sql in [ACTIVE_BAN, END_ACTIVE_BAN] {

@@ -10,10 +10,10 @@
 //! moves it to now.
 
 use super::{BanRecord, BanRequest};
-use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// Which webhook wants which events of which jails.
 #[derive(Debug, Clone, PartialEq)]

@@ -112,7 +112,12 @@ impl Receiver {
             .collect()
     }
 
-    pub fn wait_unique(&self, event: &str, n: usize, timeout: Duration) -> HashMap<String, Delivery> {
+    pub fn wait_unique(
+        &self,
+        event: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> HashMap<String, Delivery> {
         let t = Instant::now();
         loop {
             let u = self.unique(event);
@@ -128,4 +133,3 @@ impl Receiver {
         }
     }
 }
-
