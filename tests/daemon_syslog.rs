@@ -479,17 +479,6 @@ fn connect_from(local: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
-fn openssl(args: &[&str], dir: &std::path::Path) {
-    let st = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(st.success(), "openssl {args:?}");
-}
-
 /// Sends `data` over TLS with `openssl s_client`; returns its exit status.
 fn s_client(addr: SocketAddr, dir: &std::path::Path, client_cert: bool, data: &str) -> bool {
     let mut args = vec![

@@ -355,8 +355,8 @@ fn ban_page_and_admin_view_in_a_real_browser() {
 #[test]
 fn the_admin_view_speaks_tls_with_secure_cookies() {
     let pki = tempfile::tempdir().unwrap();
-    let st = Command::new("openssl")
-        .args([
+    openssl(
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -372,13 +372,9 @@ fn the_admin_view_speaks_tls_with_secure_cookies() {
             "/CN=localhost",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
-        ])
-        .current_dir(pki.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+        ],
+        pki.path(),
+    );
     let admin = free_port();
     let s = Setup::new("");
     s.write("auth.log", "");

@@ -227,6 +227,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `openssl ARGS` in `dir` (keys and certificates for TLS tests).
+pub fn openssl(args: &[&str], dir: &Path) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
 /// Polls `cond` until it holds or `timeout` passes (then panics).
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
