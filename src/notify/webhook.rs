@@ -166,8 +166,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("webhooks".into())
         .spawn(move || {
-            // SAFETY: setpriority with who = 0 changes the calling thread only
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            crate::source::lower_thread_priority(10);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -50,3 +50,12 @@ where
         run(cancel, &deliver);
     })
 }
+
+/// Lowers the calling thread's CPU priority by `nice` steps. Threads that
+/// work through a backlog (matching, delivery) run this way so that, when
+/// the CPUs are short, the threads that must keep up with the network
+/// (the UDP receiver) and with enforcement are served first.
+pub fn lower_thread_priority(nice: i32) {
+    // SAFETY: setpriority with who = 0 changes the calling thread only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}

@@ -123,7 +123,7 @@ counters! {
     received: "Messages accepted (framed, from an allowed sender).",
     delivered: "Messages handed to at least one jail.",
     unrouted: "Messages no jail's selector took.",
-    queue_full: "UDP messages dropped because a jail's queue was full.",
+    queue_full: "UDP messages dropped because a jail's queue (or the UDP parser's backlog) was full.",
     rejected_senders: "Datagrams and connections from senders not in allowed_senders.",
     oversized: "Messages longer than max_message_size (dropped).",
     bad_framing: "Frames that did not start where one should (wrong octet counts), dropped up to the next line.",
@@ -247,6 +247,9 @@ pub struct SyslogHub {
 /// Messages a jail worker takes from its queue at once.
 const BATCH: usize = 4096;
 
+/// How much lower a jail worker's priority is (nice steps).
+const WORKER_NICE: i32 = 5;
+
 impl SyslogHub {
     /// A receiver for `cfg`, not listening yet: add the jails first, then
     /// [`Self::listen`], so no message arrives before its jail can take it.
@@ -335,7 +338,11 @@ impl SyslogHub {
         let (tx, rx) = mpsc::channel(self.receiver.cfg.queue);
         let t = std::thread::Builder::new()
             .name(format!("syslog/{name}"))
-            .spawn(move || feed_jail(rx, &matcher, &jail))
+            .spawn(move || {
+                // a backlog worker: the listeners come first when CPUs are short
+                crate::source::lower_thread_priority(WORKER_NICE);
+                feed_jail(rx, &matcher, &jail)
+            })
             .map_err(|e| err(e.to_string()))?;
         let mut routes = match self.receiver.routes.write() {
             Ok(r) => r,

@@ -1,17 +1,36 @@
 //! UDP transport: one datagram is one message. A thread of its own reads
 //! batches of datagrams (`recvmmsg`) from a socket with a large receive
-//! buffer, checks the sender, parses and routes without ever waiting for a
-//! jail (a full jail queue drops, counted).
+//! buffer, checks the sender and the size, and hands each batch to a
+//! parsing thread, which parses and routes without ever waiting for a jail
+//! (a full queue drops, counted). The receiving thread does as little as
+//! it can, at normal priority, and the parser runs at a lower one: when the
+//! CPUs are short, datagrams are taken from the kernel first (it drops
+//! what does not fit its buffer, uncounted by us) and parsed as time allows.
 
 use super::{add, parse, Receiver};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Datagrams per `recvmmsg` call.
 const VLEN: usize = 64;
+
+/// How much lower the parsing thread's priority is (nice steps).
+const PARSER_NICE: i32 = 5;
+
+/// The datagrams of one `recvmmsg` call, from the receiving thread to the
+/// parsing thread.
+struct Datagrams {
+    /// When they were received.
+    at: chrono::DateTime<chrono::Utc>,
+    /// Their bytes, back to back.
+    bytes: Vec<u8>,
+    /// Each one's sender and where it ends in `bytes`.
+    ends: Vec<(IpAddr, usize)>,
+}
 
 /// Binds `addr` and starts the receiving thread; returns the bound address.
 pub fn spawn(
@@ -24,10 +43,38 @@ pub fn spawn(
     // wake up now and then to notice shutdown
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let bound = sock.local_addr()?;
+    // the parser's backlog, in batches: about as many datagrams as a jail
+    // queue holds
+    let (tx, rx) = mpsc::sync_channel::<Datagrams>((receiver.cfg.queue / VLEN).max(16));
+    let parser_receiver = receiver.clone();
+    let parser = std::thread::Builder::new()
+        .name(format!("udp-parse/{}", bound.port()))
+        .spawn(move || {
+            crate::source::lower_thread_priority(PARSER_NICE);
+            parse_all(&rx, &parser_receiver)
+        })?;
     let t = std::thread::Builder::new()
         .name(format!("udp/{}", bound.port()))
-        .spawn(move || serve(&sock, &receiver, &cancel))?;
+        .spawn(move || {
+            serve(&sock, &receiver, &tx, &cancel);
+            // the parser ends once its backlog is done
+            drop(tx);
+            let _ = parser.join();
+        })?;
     Ok((t, bound))
+}
+
+/// The parsing thread: every batch, in order, parsed and routed.
+fn parse_all(rx: &mpsc::Receiver<Datagrams>, receiver: &Receiver) {
+    while let Ok(batch) = rx.recv() {
+        let mut start = 0;
+        for &(peer, end) in &batch.ends {
+            let raw = &batch.bytes[start..end];
+            start = end;
+            let (m, notes) = parse::parse(raw, peer, batch.at, receiver.cfg.timezone);
+            receiver.route_now(m, notes);
+        }
+    }
 }
 
 /// SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF.
@@ -70,7 +117,12 @@ fn peer_of(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
     }
 }
 
-fn serve(sock: &UdpSocket, receiver: &Receiver, cancel: &CancellationToken) {
+fn serve(
+    sock: &UdpSocket,
+    receiver: &Receiver,
+    parser: &mpsc::SyncSender<Datagrams>,
+    cancel: &CancellationToken,
+) {
     let max = receiver.cfg.max_message_size;
     // one byte more than allowed: a datagram that fills it is oversized
     let size = max + 1;
@@ -116,7 +168,16 @@ fn serve(sock: &UdpSocket, receiver: &Receiver, cancel: &CancellationToken) {
                 }
             }
         }
-        let now = chrono::Utc::now();
+        let mut batch = Datagrams {
+            at: chrono::Utc::now(),
+            bytes: Vec::with_capacity(
+                msgs.iter()
+                    .take(n as usize)
+                    .map(|m| m.msg_len as usize)
+                    .sum(),
+            ),
+            ends: Vec::with_capacity(n as usize),
+        };
         for i in 0..n as usize {
             let Some(peer) = peer_of(&addrs[i]) else {
                 continue;
@@ -131,10 +192,26 @@ fn serve(sock: &UdpSocket, receiver: &Receiver, cancel: &CancellationToken) {
                 continue;
             }
             add(&receiver.stats.received);
-            let raw = &bufs[i * size..i * size + len];
-            let peer = crate::jail::ignore::canonical(peer);
-            let (m, notes) = parse::parse(raw, peer, now, receiver.cfg.timezone);
-            receiver.route_now(m, notes);
+            batch
+                .bytes
+                .extend_from_slice(&bufs[i * size..i * size + len]);
+            batch
+                .ends
+                .push((crate::jail::ignore::canonical(peer), batch.bytes.len()));
+        }
+        if batch.ends.is_empty() {
+            continue;
+        }
+        let count = batch.ends.len() as u64;
+        match parser.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                receiver
+                    .stats
+                    .queue_full
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return,
         }
     }
 }
