@@ -62,6 +62,61 @@ fn bans_after_exactly_maxretry_and_unbans_on_time() {
     d.stop();
 }
 
+/// A line with bytes that are not UTF-8 costs nothing but itself: it is
+/// matched with the bytes replaced, and the valid lines around it (with
+/// multi-byte user names) are read exactly as written.
+#[test]
+fn invalid_utf8_in_a_log_loses_no_failure() {
+    use std::io::Write;
+    let s = setup("");
+    let d = s.start();
+    let write = |bytes: &[u8]| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.path("auth.log"))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        f.write_all(b"\n").unwrap();
+    };
+    // a valid block with multi-byte text, then one with bytes that are not
+    // UTF-8 in the user name, then a valid one again
+    write(sshd_failure("192.0.2.30", "j\u{f6}rg").as_bytes());
+    d.wait_lines("sshd", 1);
+    let mut bad = sshd_failure("192.0.2.30", "@@").into_bytes();
+    let at = bad.windows(2).position(|w| w == b"@@").unwrap();
+    bad.splice(at..at + 2, [b'x', 0xff, 0xfe, b'y']);
+    write(&bad);
+    d.wait_lines("sshd", 2);
+    write(sshd_failure("192.0.2.30", "\u{7528}\u{6237}").as_bytes());
+    d.wait_lines("sshd", 3);
+    wait_for("the ban", Duration::from_secs(10), || {
+        d.is_banned("192.0.2.30")
+    });
+    let b = d
+        .banned()
+        .into_iter()
+        .find(|b| b["ip"] == "192.0.2.30")
+        .unwrap();
+    let matches: Vec<String> = b["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(matches.len(), 3, "{matches:?}");
+    assert!(matches[0].contains("for j\u{f6}rg from"), "{matches:?}");
+    assert!(
+        matches[1].contains("for x\u{fffd}\u{fffd}y from"),
+        "{matches:?}"
+    );
+    assert!(
+        matches[2].contains("for \u{7528}\u{6237} from"),
+        "{matches:?}"
+    );
+    assert_eq!(d.jail_status("sshd")["total_failed"], 3);
+    d.stop();
+}
+
 #[test]
 fn ignoreip_and_ignoreself_are_honoured() {
     let s = setup("ignoreip = 198.51.100.0/24\n");

@@ -76,7 +76,18 @@ pub struct TupleLine {
 
 impl TupleLine {
     pub fn full(&self) -> String {
-        format!("{}{}{}", self.pre, self.date, self.post)
+        let mut s = String::with_capacity(self.pre.len() + self.date.len() + self.post.len());
+        s.push_str(&self.pre);
+        s.push_str(&self.date);
+        s.push_str(&self.post);
+        s
+    }
+    /// Whether `s` is this line whole (`full() == s`, without building it).
+    pub fn is(&self, s: &str) -> bool {
+        s.len() == self.pre.len() + self.date.len() + self.post.len()
+            && s.starts_with(&self.pre)
+            && s[self.pre.len()..].starts_with(&self.date)
+            && s.ends_with(&self.post)
     }
     fn stripped_eq(&self, s: &str) -> bool {
         s.len() == self.pre.len() + self.post.len()

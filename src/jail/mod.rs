@@ -89,6 +89,8 @@ const INTERNAL_GROUPS: &[&str] = &[
 impl Found {
     fn new(f: Failure, from: &Line) -> Option<Found> {
         let line: Arc<str> = match f.data.matches.as_slice() {
+            // the usual case: the match is the line itself
+            [one] if one.is(&from.text) => Arc::from(from.text.as_str()),
             [one] => one.full().into(),
             many => many
                 .iter()

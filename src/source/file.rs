@@ -131,12 +131,18 @@ impl Tracked {
                 continue;
             };
             let mut start = 0;
+            // one check for the whole block (lines are cut at ASCII bytes,
+            // so a valid block gives valid lines); line by line otherwise
+            let valid = std::str::from_utf8(&carry[..=last]).ok();
             for nl in memchr::memchr_iter(b'\n', &carry[..=last]) {
                 let mut raw = &carry[start..nl];
                 while let [rest @ .., b'\r' | b'\n'] = raw {
                     raw = rest;
                 }
-                batch.push(String::from_utf8_lossy(raw).into_owned());
+                batch.push(match valid {
+                    Some(text) => text[start..start + raw.len()].to_owned(),
+                    None => String::from_utf8_lossy(raw).into_owned(),
+                });
                 self.offset += (nl + 1 - start) as u64;
                 start = nl + 1;
                 if batch.len() >= max && !f(std::mem::take(&mut batch), self.position()) {
