@@ -44,11 +44,7 @@ fn bans_after_exactly_maxretry_and_unbans_on_time() {
         d.is_banned("192.0.2.10")
     });
     let banned_at = Instant::now();
-    let b = d
-        .banned()
-        .into_iter()
-        .find(|b| b["ip"] == "192.0.2.10")
-        .unwrap();
+    let b = d.ban_of("192.0.2.10");
     let len = b["end"].as_f64().unwrap() - b["start"].as_f64().unwrap();
     assert!((len - 3.0).abs() < 0.01, "bantime 3 s, got {len}");
     wait_for("the unban", Duration::from_secs(10), || {
@@ -92,11 +88,7 @@ fn invalid_utf8_in_a_log_loses_no_failure() {
     wait_for("the ban", Duration::from_secs(10), || {
         d.is_banned("192.0.2.30")
     });
-    let b = d
-        .banned()
-        .into_iter()
-        .find(|b| b["ip"] == "192.0.2.30")
-        .unwrap();
+    let b = d.ban_of("192.0.2.30");
     let matches: Vec<String> = b["matches"]
         .as_array()
         .unwrap()
@@ -162,11 +154,7 @@ fn repeat_offenders_get_longer_bans() {
     wait_for("the first ban", Duration::from_secs(10), || {
         d.is_banned("192.0.2.12")
     });
-    let first = d
-        .banned()
-        .into_iter()
-        .find(|b| b["ip"] == "192.0.2.12")
-        .unwrap();
+    let first = d.ban_of("192.0.2.12");
     wait_for("the first unban", Duration::from_secs(10), || {
         !d.is_banned("192.0.2.12")
     });
@@ -174,11 +162,7 @@ fn repeat_offenders_get_longer_bans() {
     wait_for("the second ban", Duration::from_secs(10), || {
         d.is_banned("192.0.2.12")
     });
-    let second = d
-        .banned()
-        .into_iter()
-        .find(|b| b["ip"] == "192.0.2.12")
-        .unwrap();
+    let second = d.ban_of("192.0.2.12");
     let len = |b: &serde_json::Value| b["end"].as_f64().unwrap() - b["start"].as_f64().unwrap();
     assert!((len(&first) - 2.0).abs() < 0.01);
     assert!(

@@ -955,18 +955,28 @@ mod tests {
             h.failures.iter().map(|f| f.time).collect::<Vec<_>>(),
             [4.0, 3.0]
         );
-        // the lookup goes through failure_ips, not through every failure
+        // the lookup goes through failure_ips and the rowids after the
+        // mark, never through every failure
         let plan: Vec<String> = conn
-            .prepare("EXPLAIN QUERY PLAN SELECT id FROM failure_ips WHERE ip = ?1 ORDER BY time DESC LIMIT 5")
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                reader::address_failures_sql()
+            ))
             .expect("explain")
-            .query_map(params![a], |r| r.get::<_, String>(3))
+            .query_map(params![a, 5], |r| r.get::<_, String>(3))
             .expect("plan")
             .collect::<rusqlite::Result<_>>()
             .expect("rows");
+        let plan = plan.join("; ");
         assert!(
-            plan.join("; ").contains("USING PRIMARY KEY (ip=?)"),
-            "{plan:?}"
+            plan.contains("failure_ips USING PRIMARY KEY (ip=?)"),
+            "{plan}"
         );
+        assert!(
+            plan.contains("failures USING INTEGER PRIMARY KEY (rowid>?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN failures"), "{plan}");
         // purge everything: ids start again at 1 and are still found
         let tx = conn.transaction().expect("tx");
         purge(&tx, 10.0).expect("purge");

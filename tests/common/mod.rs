@@ -164,6 +164,14 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The active ban of `ip` (panics if there is none).
+    pub fn ban_of(&self, ip: &str) -> Value {
+        self.banned()
+            .into_iter()
+            .find(|b| b["ip"] == ip)
+            .unwrap_or_else(|| panic!("{ip} is not banned"))
+    }
+
     pub fn is_banned(&self, ip: &str) -> bool {
         self.banned().iter().any(|b| b["ip"] == ip)
     }
