@@ -56,6 +56,17 @@ where
 /// the CPUs are short, the threads that must keep up with the network
 /// (the UDP receiver) and with enforcement are served first.
 pub fn lower_thread_priority(nice: i32) {
+    set_thread_nice(nice);
+}
+
+/// Raises the calling thread's CPU priority by `nice` steps where that is
+/// allowed (root with CAP_SYS_NICE; the shipped unit does not grant it, so
+/// there the call fails and changes nothing).
+pub fn raise_thread_priority(nice: i32) {
+    set_thread_nice(-nice);
+}
+
+fn set_thread_nice(nice: i32) {
     // SAFETY: setpriority with who = 0 changes the calling thread only.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }

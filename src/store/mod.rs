@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -231,12 +231,6 @@ impl Store {
             path: name.clone(),
             msg,
         })?;
-        let unindexed = conn
-            .query_row(UNINDEXED, [], |r| r.get::<_, i64>(0))
-            .map_err(|e| StoreError::Schema {
-                path: name.clone(),
-                msg: e.to_string(),
-            })? as u64;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("store".into())
@@ -247,8 +241,6 @@ impl Store {
                     rules: Vec::new(),
                     wake: None,
                     leases: HashMap::new(),
-                    unindexed,
-                    last_indexed: Instant::now(),
                 }
                 .run(rx)
             })
@@ -349,28 +341,7 @@ struct Worker {
     /// with when the hand-out lapses. In memory only: after a restart
     /// nothing is in flight.
     leases: HashMap<String, f64>,
-    /// Failures written and not yet in `failure_ips`.
-    unindexed: u64,
-    last_indexed: Instant,
 }
-
-/// Failures waiting for `failure_ips` at which they are indexed at once;
-/// fewer wait until the store is idle for [`INDEX_IDLE`] or
-/// [`INDEX_EVERY`] has passed.
-const INDEX_ROWS: u64 = 65_536;
-const INDEX_IDLE: Duration = Duration::from_secs(1);
-const INDEX_EVERY: Duration = Duration::from_secs(10);
-
-/// Indexes the failures after `failure_ips_upto` by address, in one sorted
-/// run: each page of `failure_ips` is then written once per run, where
-/// inserting every failure there as it came touched a page per failure.
-const INDEX_FAILURES: &str = "INSERT INTO failure_ips SELECT ip, time, id FROM failures
-       WHERE id > (SELECT upto FROM failure_ips_upto) ORDER BY ip, time, id;
-     UPDATE failure_ips_upto SET upto = MAX(upto, (SELECT COALESCE(MAX(id), 0) FROM failures));";
-
-/// Failures not indexed by address yet.
-const UNINDEXED: &str =
-    "SELECT COUNT(*) FROM failures WHERE id > (SELECT upto FROM failure_ips_upto)";
 
 /// The active ban of an address in a jail (index `bans_jail_ip_active`).
 const ACTIVE_BAN: &str =
@@ -386,19 +357,7 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<StoreCmd>) {
         let mut batch: Vec<StoreCmd> = Vec::with_capacity(BATCH);
         loop {
-            let first = if self.unindexed > 0 {
-                match rx.recv_timeout(INDEX_IDLE) {
-                    Ok(c) => c,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.index_failures();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                let Ok(first) = rx.recv() else { break };
-                first
-            };
+            let Ok(first) = rx.recv() else { break };
             batch.push(first);
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -428,11 +387,6 @@ impl Worker {
                 }
             }
             batch.clear();
-            if self.unindexed >= INDEX_ROWS
-                || (self.unindexed > 0 && self.last_indexed.elapsed() >= INDEX_EVERY)
-            {
-                self.index_failures();
-            }
             if purged {
                 // give the pages of purged rows back to the file system
                 if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum;") {
@@ -443,28 +397,7 @@ impl Worker {
                 break;
             }
         }
-        if self.unindexed > 0 {
-            self.index_failures();
-        }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-    }
-
-    /// Moves the failures written since the last run into `failure_ips`.
-    /// On error (a full disk) they stay where they are, found by address
-    /// through the scan of the unindexed ones, and the next run takes them.
-    fn index_failures(&mut self) {
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            tx.execute_batch(INDEX_FAILURES)?;
-            tx.commit()
-        };
-        match run(&mut self.conn) {
-            Ok(()) => self.unindexed = 0,
-            Err(e) => {
-                tracing::warn!(db = %self.name, error = %e, "cannot index failures by address yet; retrying later")
-            }
-        }
-        self.last_indexed = Instant::now();
     }
 
     /// Applies a batch in one transaction, then answers the commands that
@@ -489,7 +422,6 @@ impl Worker {
         }
         let rules = &self.rules;
         let mut queued = 0usize;
-        let mut failures = 0u64;
         let tx = self.conn.transaction()?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
@@ -503,10 +435,7 @@ impl Worker {
                                 time,
                                 line,
                                 origin,
-                            } => {
-                                insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?;
-                                failures += 1;
-                            }
+                            } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
                             ChunkOp::Ban { req, .. } => {
                                 let (rec, extended) = record_ban(&tx, req)?;
                                 queued += outbox::on_ban(&tx, rules, &rec, req, extended)?;
@@ -529,7 +458,6 @@ impl Worker {
                     origin,
                 } => {
                     insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?;
-                    failures += 1;
                     None
                 }
                 StoreCmd::Position { jail, path, pos } => {
@@ -591,7 +519,6 @@ impl Worker {
             });
         }
         tx.commit()?;
-        self.unindexed += failures;
         if queued > 0 {
             if let Some(w) = &self.wake {
                 w.notify_one();
@@ -843,13 +770,7 @@ fn load_state(
 
 /// Drops what is older than `before`: failures, and bans that ended.
 fn purge(tx: &rusqlite::Transaction<'_>, before: f64) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM failure_ips WHERE time < ?1", params![before])?;
     tx.execute("DELETE FROM failures WHERE time < ?1", params![before])?;
-    // ids after the newest failure left may be given out again: they are
-    // not indexed yet
-    tx.execute_batch(
-        "UPDATE failure_ips_upto SET upto = MIN(upto, (SELECT COALESCE(MAX(id), 0) FROM failures))",
-    )?;
     tx.execute(
         "DELETE FROM bans WHERE active = 0 AND ended < ?1",
         params![before],
@@ -916,76 +837,39 @@ mod tests {
         }
     }
 
-    /// An address's failures are found whether or not they are indexed by
-    /// address yet, exactly once, and the purge clears both places, also
-    /// when it leaves no failure and ids are given out again.
+    /// The admin view's address page finds an address's failures through
+    /// their index, not by reading every failure.
     #[test]
-    fn failures_are_found_by_address_before_and_after_indexing() {
-        let mut conn = open_connection(None).expect("open");
+    fn an_address_s_failures_are_found_through_their_index() {
+        let conn = open_connection(None).expect("open");
         schema::migrate(&conn).expect("migrate");
-        let insert = |conn: &Connection, ip: &str, time: f64| {
+        for (ip, t) in [("192.0.2.1", 1.0), ("192.0.2.2", 2.0), ("192.0.2.1", 3.0)] {
             conn.execute(
                 "INSERT INTO failures (jail, ip, time, line) VALUES ('j', ?1, ?2, 'l')",
-                params![ip, time],
+                params![ip, t],
             )
             .expect("insert");
-        };
-        let seen = |conn: &Connection, ip: &str| {
-            let h = reader::address(conn, ip, 100).expect("address");
-            let times: Vec<f64> = h.failures.iter().map(|f| f.time).collect();
-            (h.failures_total, times)
-        };
-        let a = "192.0.2.1";
-        for t in [1.0, 2.0, 3.0] {
-            insert(&conn, a, t);
-            insert(&conn, "192.0.2.2", t);
         }
-        assert_eq!(seen(&conn, a), (3, vec![3.0, 2.0, 1.0]));
-        conn.execute_batch(INDEX_FAILURES).expect("index");
-        let indexed: i64 = conn
-            .query_row("SELECT COUNT(*) FROM failure_ips", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(indexed, 6);
-        assert_eq!(seen(&conn, a), (3, vec![3.0, 2.0, 1.0]));
-        // one indexed, one not: both, newest first, the limit over both
-        insert(&conn, a, 4.0);
-        assert_eq!(seen(&conn, a), (4, vec![4.0, 3.0, 2.0, 1.0]));
-        let h = reader::address(&conn, a, 2).expect("address");
+        let h = reader::address(&conn, "192.0.2.1", 10).expect("address");
+        assert_eq!(h.failures_total, 2);
         assert_eq!(
             h.failures.iter().map(|f| f.time).collect::<Vec<_>>(),
-            [4.0, 3.0]
+            [3.0, 1.0]
         );
-        // the lookup goes through failure_ips and the rowids after the
-        // mark, never through every failure
-        let plan: Vec<String> = conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                reader::address_failures_sql()
-            ))
-            .expect("explain")
-            .query_map(params![a, 5], |r| r.get::<_, String>(3))
-            .expect("plan")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
-        let plan = plan.join("; ");
-        assert!(
-            plan.contains("failure_ips USING PRIMARY KEY (ip=?)"),
-            "{plan}"
-        );
-        assert!(
-            plan.contains("failures USING INTEGER PRIMARY KEY (rowid>?)"),
-            "{plan}"
-        );
-        assert!(!plan.contains("SCAN failures"), "{plan}");
-        // purge everything: ids start again at 1 and are still found
-        let tx = conn.transaction().expect("tx");
-        purge(&tx, 10.0).expect("purge");
-        tx.commit().expect("commit");
-        assert_eq!(seen(&conn, a), (0, vec![]));
-        insert(&conn, a, 20.0);
-        assert_eq!(seen(&conn, a), (1, vec![20.0]));
-        conn.execute_batch(INDEX_FAILURES).expect("index");
-        assert_eq!(seen(&conn, a), (1, vec![20.0]));
+        for sql in [
+            "SELECT COUNT(*) FROM failures WHERE ip = ?1",
+            "SELECT id FROM failures WHERE ip = ?1 ORDER BY time DESC LIMIT 5",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain")
+                .query_map(params!["192.0.2.1"], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+            let plan = plan.join("; ");
+            assert!(plan.contains("INDEX failures_ip (ip=?)"), "{sql}: {plan}");
+        }
     }
 
     #[test]

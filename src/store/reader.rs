@@ -204,32 +204,14 @@ pub struct AddressHistory {
     pub bans: Vec<BanRow>,
 }
 
-/// One address's failures, newest first (`?1` the address, `?2` how many):
-/// the indexed ones through failure_ips, the few newer ones by a scan of
-/// the rowids after the mark (NOT INDEXED: walking failures_time for the
-/// ORDER BY would read every failure).
-pub(crate) fn address_failures_sql() -> String {
-    format!(
-        "SELECT {FAILURE_COLUMNS} FROM failures WHERE id IN
-           (SELECT id FROM failure_ips WHERE ip = ?1 ORDER BY time DESC LIMIT ?2)
-         UNION ALL
-         SELECT {FAILURE_COLUMNS} FROM failures NOT INDEXED
-           WHERE id > (SELECT upto FROM failure_ips_upto) AND ip = ?1
-         ORDER BY time DESC LIMIT ?2"
-    )
-}
-
 pub fn address(c: &Connection, ip: &str, limit: u32) -> rusqlite::Result<AddressHistory> {
-    // indexed ones through failure_ips, the newer ones after the mark
     let failures_total: i64 = c
-        .prepare_cached(
-            "SELECT (SELECT COUNT(*) FROM failure_ips WHERE ip = ?1)
-                  + (SELECT COUNT(*) FROM failures
-                     WHERE id > (SELECT upto FROM failure_ips_upto) AND ip = ?1)",
-        )?
+        .prepare_cached("SELECT COUNT(*) FROM failures WHERE ip = ?1")?
         .query_row(params![ip], |r| r.get(0))?;
     let failures = c
-        .prepare_cached(&address_failures_sql())?
+        .prepare_cached(&format!(
+            "SELECT {FAILURE_COLUMNS} FROM failures WHERE ip = ?1 ORDER BY time DESC LIMIT ?2"
+        ))?
         .query_map(params![ip, limit], failure_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let bans = c

@@ -75,21 +75,6 @@ const MIGRATIONS: &[&str] = &[
     // 8: one address's active ban in a jail (unban, ban extension) without
     // walking all the jail's active bans
     "CREATE INDEX bans_jail_ip_active ON bans (jail, ip, active)",
-    // 9: failures by address in a table of their own, filled in sorted
-    // runs (see `Worker::index_failures`) instead of an index on failures
-    // that every insert updated at a random place: that cost three times
-    // the insert itself. `failure_ips_upto` is the last failure id indexed;
-    // the ones after it are found by a short scan.
-    "CREATE TABLE failure_ips (
-        ip TEXT NOT NULL,
-        time REAL NOT NULL,
-        id INTEGER NOT NULL,
-        PRIMARY KEY (ip, time, id)
-     ) WITHOUT ROWID;
-     CREATE TABLE failure_ips_upto (upto INTEGER NOT NULL);
-     INSERT INTO failure_ips SELECT ip, time, id FROM failures ORDER BY ip, time, id;
-     INSERT INTO failure_ips_upto SELECT COALESCE(MAX(id), 0) FROM failures;
-     DROP INDEX failures_ip",
 ];
 
 /// Brings the database to the current schema.

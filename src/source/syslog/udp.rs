@@ -21,6 +21,9 @@ const VLEN: usize = 64;
 /// How much lower the parsing thread's priority is (nice steps).
 const PARSER_NICE: i32 = 5;
 
+/// How much higher the receiving thread's priority is, where allowed.
+const RECEIVER_NICE: i32 = 5;
+
 /// The datagrams of one `recvmmsg` call, from the receiving thread to the
 /// parsing thread.
 struct Datagrams {
@@ -56,6 +59,7 @@ pub fn spawn(
     let t = std::thread::Builder::new()
         .name(format!("udp/{}", bound.port()))
         .spawn(move || {
+            crate::source::raise_thread_priority(RECEIVER_NICE);
             serve(&sock, &receiver, &tx, &cancel);
             // the parser ends once its backlog is done
             drop(tx);
