@@ -166,7 +166,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("webhooks".into())
         .spawn(move || {
-            crate::source::lower_thread_priority(10);
+            crate::source::set_thread_nice(10);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -51,22 +51,13 @@ where
     })
 }
 
-/// Lowers the calling thread's CPU priority by `nice` steps. Threads that
-/// work through a backlog (matching, delivery) run this way so that, when
-/// the CPUs are short, the threads that must keep up with the network
-/// (the UDP receiver) and with enforcement are served first.
-pub fn lower_thread_priority(nice: i32) {
-    set_thread_nice(nice);
-}
-
-/// Raises the calling thread's CPU priority by `nice` steps where that is
-/// allowed (root with CAP_SYS_NICE; the shipped unit does not grant it, so
-/// there the call fails and changes nothing).
-pub fn raise_thread_priority(nice: i32) {
-    set_thread_nice(-nice);
-}
-
-fn set_thread_nice(nice: i32) {
+/// Sets the calling thread's nice value. Threads that work through a
+/// backlog (matching, delivery) run at a positive one so that, when the
+/// CPUs are short, the threads that must keep up with the network (the UDP
+/// receiver) and with enforcement are served first. A negative value needs
+/// CAP_SYS_NICE, which the shipped unit does not grant: there the call
+/// fails and changes nothing.
+pub fn set_thread_nice(nice: i32) {
     // SAFETY: setpriority with who = 0 changes the calling thread only.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }

@@ -793,6 +793,20 @@ mod tests {
     use super::*;
     use crate::jail::BanPolicy;
 
+    /// SQLite's plan for `sql`, its steps joined by `; ` (`args` as many as
+    /// the statement takes).
+    fn query_plan(conn: &Connection, sql: &str, args: &[&dyn rusqlite::ToSql]) -> String {
+        let mut st = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let plan: Vec<String> = st
+            .query_map(&args[..st.parameter_count()], |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        plan.join("; ")
+    }
+
     fn failure(ip: &str, time: f64) -> StoreCmd {
         StoreCmd::Failure {
             jail: "j".into(),
@@ -820,16 +834,7 @@ mod tests {
             }
         }
         for sql in [ACTIVE_BAN, END_ACTIVE_BAN] {
-            let mut st = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("explain");
-            let args: &[&dyn rusqlite::ToSql] = &[&"j", &"10.0.1.1", &2.0];
-            let plan: Vec<String> = st
-                .query_map(&args[..st.parameter_count()], |r| r.get::<_, String>(3))
-                .expect("plan")
-                .collect::<rusqlite::Result<_>>()
-                .expect("rows");
-            let plan = plan.join("; ");
+            let plan = query_plan(&conn, sql, &[&"j", &"10.0.1.1", &2.0]);
             assert!(
                 plan.contains("bans_jail_ip_active (jail=? AND ip=? AND active=?)"),
                 "{sql}: {plan}"
@@ -857,17 +862,10 @@ mod tests {
             [3.0, 1.0]
         );
         for sql in [
-            "SELECT COUNT(*) FROM failures WHERE ip = ?1",
-            "SELECT id FROM failures WHERE ip = ?1 ORDER BY time DESC LIMIT 5",
+            reader::ADDRESS_FAILURE_COUNT.to_string(),
+            reader::address_failures_sql(),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("explain")
-                .query_map(params!["192.0.2.1"], |r| r.get::<_, String>(3))
-                .expect("plan")
-                .collect::<rusqlite::Result<_>>()
-                .expect("rows");
-            let plan = plan.join("; ");
+            let plan = query_plan(&conn, &sql, &[&"192.0.2.1", &5]);
             assert!(plan.contains("INDEX failures_ip (ip=?)"), "{sql}: {plan}");
         }
     }

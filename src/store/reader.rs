@@ -204,14 +204,20 @@ pub struct AddressHistory {
     pub bans: Vec<BanRow>,
 }
 
+/// How many failures an address has (`?1`).
+pub(crate) const ADDRESS_FAILURE_COUNT: &str = "SELECT COUNT(*) FROM failures WHERE ip = ?1";
+
+/// An address's failures (`?1`), newest first, at most `?2`.
+pub(crate) fn address_failures_sql() -> String {
+    format!("SELECT {FAILURE_COLUMNS} FROM failures WHERE ip = ?1 ORDER BY time DESC LIMIT ?2")
+}
+
 pub fn address(c: &Connection, ip: &str, limit: u32) -> rusqlite::Result<AddressHistory> {
     let failures_total: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM failures WHERE ip = ?1")?
+        .prepare_cached(ADDRESS_FAILURE_COUNT)?
         .query_row(params![ip], |r| r.get(0))?;
     let failures = c
-        .prepare_cached(&format!(
-            "SELECT {FAILURE_COLUMNS} FROM failures WHERE ip = ?1 ORDER BY time DESC LIMIT ?2"
-        ))?
+        .prepare_cached(&address_failures_sql())?
         .query_map(params![ip, limit], failure_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let bans = c

@@ -247,7 +247,7 @@ pub struct SyslogHub {
 /// Messages a jail worker takes from its queue at once.
 const BATCH: usize = 4096;
 
-/// How much lower a jail worker's priority is (nice steps).
+/// A jail worker's nice value (a lower priority than the listeners').
 const WORKER_NICE: i32 = 5;
 
 impl SyslogHub {
@@ -340,7 +340,7 @@ impl SyslogHub {
             .name(format!("syslog/{name}"))
             .spawn(move || {
                 // a backlog worker: the listeners come first when CPUs are short
-                crate::source::lower_thread_priority(WORKER_NICE);
+                crate::source::set_thread_nice(WORKER_NICE);
                 feed_jail(rx, &matcher, &jail)
             })
             .map_err(|e| err(e.to_string()))?;

@@ -3,9 +3,10 @@
 //! buffer, checks the sender and the size, and hands each batch to a
 //! parsing thread, which parses and routes without ever waiting for a jail
 //! (a full queue drops, counted). The receiving thread does as little as
-//! it can, at normal priority, and the parser runs at a lower one: when the
-//! CPUs are short, datagrams are taken from the kernel first (it drops
-//! what does not fit its buffer, uncounted by us) and parsed as time allows.
+//! it can, at a higher priority where allowed, and the parser runs at a
+//! lower one: when the CPUs are short, datagrams are taken from the kernel
+//! first (it drops what does not fit its buffer, uncounted by us) and
+//! parsed as time allows.
 
 use super::{add, parse, Receiver};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -18,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// Datagrams per `recvmmsg` call.
 const VLEN: usize = 64;
 
-/// How much lower the parsing thread's priority is (nice steps).
+/// The parsing thread's nice value (a lower priority).
 const PARSER_NICE: i32 = 5;
 
-/// How much higher the receiving thread's priority is, where allowed.
-const RECEIVER_NICE: i32 = 5;
+/// The receiving thread's nice value (a higher priority, where allowed).
+const RECEIVER_NICE: i32 = -5;
 
 /// The datagrams of one `recvmmsg` call, from the receiving thread to the
 /// parsing thread.
@@ -53,13 +54,13 @@ pub fn spawn(
     let parser = std::thread::Builder::new()
         .name(format!("udp-parse/{}", bound.port()))
         .spawn(move || {
-            crate::source::lower_thread_priority(PARSER_NICE);
+            crate::source::set_thread_nice(PARSER_NICE);
             parse_all(&rx, &parser_receiver)
         })?;
     let t = std::thread::Builder::new()
         .name(format!("udp/{}", bound.port()))
         .spawn(move || {
-            crate::source::raise_thread_priority(RECEIVER_NICE);
+            crate::source::set_thread_nice(RECEIVER_NICE);
             serve(&sock, &receiver, &tx, &cancel);
             // the parser ends once its backlog is done
             drop(tx);
