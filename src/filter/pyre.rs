@@ -2100,7 +2100,8 @@ struct FastRegex {
     /// The byte classes of the ASCII build: bytes in one class are never
     /// told apart by the pattern (see [`ShapeCache`]).
     classes: Option<Box<[u8; 256]>>,
-    /// Shape key: the match and its surroundings instead of the haystack.
+    /// Shape key: the match and its surroundings instead of the haystack
+    /// from the start (else chosen per cache, see [`SpanCache::by_match`]).
     shape_by_match: bool,
 }
 
@@ -2187,7 +2188,8 @@ impl FastRegex {
         slots: &mut Slots,
     ) -> bool {
         let bytes = hay.as_bytes();
-        let (text, extra, base) = if self.shape_by_match {
+        let by_match = self.shape_by_match || slots.caches[ci].by_match;
+        let (text, extra, base) = if by_match {
             let Some((ms, me)) = self.find_at(hay, start) else {
                 return false;
             };
@@ -2198,21 +2200,26 @@ impl FastRegex {
         } else {
             (bytes, start as u64, 0)
         };
-        let shape = &mut slots.caches[ci].shape;
-        if let Some(found) = shape.lookup(classes, text, extra) {
+        let cache = &mut slots.caches[ci];
+        if let Some(found) = cache.shape.lookup(classes, text, extra) {
             if found {
-                shape.hit_spans(base, &mut slots.raw);
+                cache.shape.hit_spans(base, &mut slots.raw);
             }
             return found;
         }
-        let found = self.engine_captures(
-            id,
-            hay,
-            if self.shape_by_match { base } else { start },
-            slots,
-        );
+        let found = self.engine_captures(id, hay, if by_match { base } else { start }, slots);
         let raw = std::mem::take(&mut slots.raw);
-        slots.caches[ci].shape.store(found, &raw, base);
+        let cache = &mut slots.caches[ci];
+        cache.shape.store(found, &raw, base);
+        if !by_match {
+            // after the store: a switch empties the shapes
+            let short = raw
+                .first()
+                .copied()
+                .flatten()
+                .is_none_or(|(_, e)| e + 1 < hay.len());
+            cache.count_whole_miss(found && !short);
+        }
         slots.raw = raw;
         found
     }
@@ -2279,11 +2286,42 @@ struct SpanCache {
     lookups: u32,
     hits: u32,
     off: bool,
+    /// Shapes keyed by the match instead of the whole haystack: chosen
+    /// when whole haystacks repeat too seldom (a pattern that matches a
+    /// part of the line, whose rest varies; one that mostly fails, where
+    /// the DFA alone answers).
+    by_match: bool,
+    /// Whole-haystack misses counted, and how many of them were matches
+    /// of (nearly) the whole haystack.
+    whole_misses: u32,
+    whole_spanning: u32,
 }
+
+/// Whole-haystack misses that decide [`SpanCache::by_match`].
+const WHOLE_WINDOW: u32 = 256;
 
 impl SpanCache {
     fn enabled(&self) -> bool {
         !self.off
+    }
+
+    /// Counts a whole-haystack miss (`spanning`: the pattern matched up
+    /// to the haystack's last character). After [`WHOLE_WINDOW`] of them,
+    /// switches to match keys for good unless most matched the whole
+    /// haystack: for a pattern that mostly fails the DFA alone answers,
+    /// and for one that matches a part of the line the rest of the line
+    /// (which may vary freely) is no longer in the key.
+    fn count_whole_miss(&mut self, spanning: bool) {
+        if self.whole_misses >= WHOLE_WINDOW {
+            return;
+        }
+        self.whole_misses += 1;
+        self.whole_spanning += u32::from(spanning);
+        if self.whole_misses == WHOLE_WINDOW && self.whole_spanning * 2 < WHOLE_WINDOW {
+            self.by_match = true;
+            // entries under the other key must not answer
+            self.shape = ShapeCache::default();
+        }
     }
     fn lookup(&mut self, key: &SpanKey, hay: &str, s: usize, e: usize) -> bool {
         self.lookups += 1;
@@ -3071,6 +3109,54 @@ mod tests {
             cache.lookup(&classes, b"line 000001 of round-independent text", 8),
             None
         );
+    }
+
+    #[test]
+    fn a_pattern_matching_part_of_varying_lines_keys_its_shapes_by_the_match() {
+        // matches the start of each line; the rest (a hash) never repeats
+        let src = r"^Accepted (?P<m>\w+) for (?P<u>\S+) from (?P<ip>\d+\.\d+\.\d+\.\d+)(?:\s|$)";
+        let p = Pattern::new(src, false).unwrap();
+        let reference = regex::Regex::new(src).unwrap();
+        let mut slots = Slots::default();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 0..3_000u64 {
+            let r = next();
+            let hay = match i % 4 {
+                // not a match: the DFA answers alone once keyed by the match
+                0 => format!("Accepted password from 10.0.{}.{} {r:x}\n", r % 7, i % 250),
+                _ => format!(
+                    "Accepted {} for {} from 10.{}.{}.{} port {} ssh2: SHA256:{r:016x}\n",
+                    ["publickey", "password"][(r % 2) as usize],
+                    ["root", "deploy", "a"][(i % 3) as usize],
+                    r % 3,
+                    i % 10,
+                    (r >> 8) % 256,
+                    r % 60_000,
+                ),
+            };
+            let want = reference.captures(&hay).map(|c| {
+                (0..c.len())
+                    .map(|g| c.get(g).map(|m| (m.start(), m.end())))
+                    .collect::<Vec<_>>()
+            });
+            let got = p.search(&hay, &mut slots).then(|| {
+                (0..p.group_count())
+                    .map(|g| slots.get(g))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want, "line {i}: {hay}");
+        }
+        let cache = slots.caches.iter().find(|c| c.id == p.id).unwrap();
+        assert!(cache.by_match, "shapes of whole lines that never repeat");
+        assert!(cache.shape.enabled());
+        // the match keys repeat: most matches came from the cache
+        assert!(cache.shape.hits > 1_000, "{} hits", cache.shape.hits);
     }
 
     #[test]
