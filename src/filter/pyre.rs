@@ -2213,12 +2213,13 @@ impl FastRegex {
         cache.shape.store(found, &raw, base);
         if !by_match {
             // after the store: a switch empties the shapes
-            let short = raw
-                .first()
-                .copied()
-                .flatten()
-                .is_none_or(|(_, e)| e + 1 < hay.len());
-            cache.count_whole_miss(found && !short);
+            let spanning = found
+                && raw
+                    .first()
+                    .copied()
+                    .flatten()
+                    .is_some_and(|(_, e)| e + 1 >= hay.len());
+            cache.count_whole_miss(spanning);
         }
         slots.raw = raw;
         found
