@@ -9,18 +9,22 @@
 //! and a fingerprint of its first line, so a restart resumes exactly where
 //! the last committed position was: nothing is read twice or skipped.
 //! inotify wakes the thread; every second it also polls, which is all it
-//! does with `backend = polling` or where inotify is not available.
+//! does with `backend = polling` or where inotify is not available. The
+//! watches ask only for what concerns the followed files (their writes;
+//! names appearing, moving or going in their directories), so other
+//! files written in the same directory (`/var/log/syslog` beside
+//! `auth.log`, the daemon's own log or database) wake nothing.
 
 use super::SourceEvent;
 use crate::jail::{Checkpoint, Line};
 use crate::store::Position;
-use notify::{RecursiveMode, Watcher};
+use inotify::{Inotify, WatchDescriptor, WatchMask};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -223,6 +227,78 @@ fn find_rotated(path: &Path, pos: &Position) -> Option<Tracked> {
     None
 }
 
+/// inotify watches of one file source: its directories for names that
+/// appear, move or go (rotation, new files of a glob), its files for
+/// writes and truncation.
+struct Wakeups {
+    inotify: Inotify,
+    dirs: Vec<PathBuf>,
+    /// The inode each followed path was watched as (a rotated path gets a
+    /// watch on its new file; the old one's watch goes with its inode).
+    files: HashMap<PathBuf, (u64, WatchDescriptor)>,
+    buffer: Vec<u8>,
+}
+
+const DIR_EVENTS: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::ONLYDIR);
+const FILE_EVENTS: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::CLOSE_WRITE);
+
+impl Wakeups {
+    fn new() -> Option<Wakeups> {
+        match Inotify::init() {
+            Ok(inotify) => Some(Wakeups {
+                inotify,
+                dirs: Vec::new(),
+                files: HashMap::new(),
+                buffer: vec![0; 4096],
+            }),
+            Err(e) => {
+                tracing::warn!("inotify is not available, polling every second: {e}");
+                None
+            }
+        }
+    }
+
+    fn watch_dir(&mut self, dir: &Path) {
+        if !self.dirs.iter().any(|d| d == dir)
+            && self.inotify.watches().add(dir, DIR_EVENTS).is_ok()
+        {
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+
+    fn watch_file(&mut self, path: &Path, inode: u64) {
+        if self.files.get(path).is_some_and(|(i, _)| *i == inode) {
+            return;
+        }
+        if let Ok(wd) = self.inotify.watches().add(path, FILE_EVENTS) {
+            self.files.insert(path.to_path_buf(), (inode, wd));
+        }
+    }
+
+    /// Waits up to `timeout` for an event; true if one came (all pending
+    /// events are consumed: one look at the files serves them all).
+    fn wait(&mut self, timeout: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.inotify.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        if unsafe { libc::poll(&mut fd, 1, ms) } <= 0 {
+            return false;
+        }
+        while self.inotify.read_events(&mut self.buffer).is_ok() {}
+        true
+    }
+}
+
 struct Runner<'a> {
     src: &'a FileSource,
     events: &'a dyn Fn(SourceEvent) -> bool,
@@ -280,17 +356,7 @@ impl FileSource {
     /// Follows the files until `cancel`; `events` returns false once the
     /// jail is gone.
     pub fn run(self, cancel: CancellationToken, events: &dyn Fn(SourceEvent) -> bool) {
-        let (wake_tx, wake_rx) = std_mpsc::channel::<()>();
-        let mut watcher = if self.polling {
-            None
-        } else {
-            let tx = wake_tx.clone();
-            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                let _ = tx.send(());
-            })
-            .ok()
-        };
-        let mut watched_dirs: Vec<PathBuf> = Vec::new();
+        let mut watcher = if self.polling { None } else { Wakeups::new() };
         let mut tracked: HashMap<PathBuf, Tracked> = HashMap::new();
         let mut rotated: Vec<(Tracked, Instant, PathBuf)> = Vec::new();
         let mut runner = Runner {
@@ -309,12 +375,7 @@ impl FileSource {
                 .unwrap_or_default();
             for p in &paths {
                 if let Some(w) = watcher.as_mut() {
-                    let dir = p.parent().unwrap_or(Path::new("/")).to_path_buf();
-                    if !watched_dirs.contains(&dir)
-                        && w.watch(&dir, RecursiveMode::NonRecursive).is_ok()
-                    {
-                        watched_dirs.push(dir);
-                    }
+                    w.watch_dir(p.parent().unwrap_or(Path::new("/")));
                 }
                 if tracked.contains_key(p) {
                     continue;
@@ -373,6 +434,9 @@ impl FileSource {
                     }
                 }
                 if let Some(t) = tracked.get_mut(&p) {
+                    if let Some(w) = watcher.as_mut() {
+                        w.watch_file(&p, t.inode);
+                    }
                     if !runner.drain(t, false, &p, true) {
                         return;
                     }
@@ -392,19 +456,15 @@ impl FileSource {
             let timeout = Duration::from_secs(1);
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline && !cancel.is_cancelled() {
-                match wake_rx.recv_timeout(
-                    Duration::from_millis(200)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                ) {
-                    Ok(()) => {
-                        // coalesce a burst of events
-                        while wake_rx.try_recv().is_ok() {}
-                        break;
+                let slice = Duration::from_millis(200)
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                match watcher.as_mut() {
+                    Some(w) => {
+                        if w.wait(slice) {
+                            break;
+                        }
                     }
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                        std::thread::sleep(Duration::from_millis(200))
-                    }
+                    None => std::thread::sleep(slice),
                 }
             }
         }
@@ -444,5 +504,59 @@ impl FileSource {
             _ => t.offset = 0,
         }
         Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The watches wake the thread for the followed file and for names in
+    /// its directory, not for writes to other files there.
+    #[test]
+    fn only_the_followed_files_and_names_wake_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        let other = dir.path().join("syslog");
+        let mut log_f = File::create(&log).unwrap();
+        let mut other_f = File::create(&other).unwrap();
+        let mut w = Wakeups::new().expect("inotify");
+        w.watch_dir(dir.path());
+        let inode = std::fs::metadata(&log).unwrap().ino();
+        w.watch_file(&log, inode);
+        let short = Duration::from_millis(100);
+        assert!(!w.wait(short), "nothing happened yet");
+
+        for _ in 0..100 {
+            other_f.write_all(b"another file's line\n").unwrap();
+        }
+        other_f.sync_all().unwrap();
+        assert!(!w.wait(short), "a write to another file woke the thread");
+
+        log_f.write_all(b"a line\n").unwrap();
+        assert!(
+            w.wait(short),
+            "a write to the followed file did not wake it"
+        );
+        assert!(!w.wait(short), "one wake-up serves all pending events");
+
+        // rotation: the name moves away, a new file takes it
+        std::fs::rename(&log, dir.path().join("auth.log.1")).unwrap();
+        assert!(w.wait(short), "the rename did not wake it");
+        File::create(&log).unwrap();
+        assert!(w.wait(short), "the new file did not wake it");
+        let new_inode = std::fs::metadata(&log).unwrap().ino();
+        w.watch_file(&log, new_inode);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"first line of the new file\n")
+            .unwrap();
+        assert!(w.wait(short), "a write to the new file did not wake it");
+        // the rotated file is still read for a while: its writes count too
+        log_f.write_all(b"late line of the old file\n").unwrap();
+        assert!(w.wait(short), "a write to the rotated file did not wake it");
     }
 }
