@@ -24,13 +24,31 @@ struct Fields {
     rest: String,
 }
 
+/// `value`'s Debug text into `out` (emptied first); a quoted string
+/// loses its quotes.
+fn debug_into(out: &mut String, value: &dyn std::fmt::Debug) {
+    out.clear();
+    let _ = write!(out, "{value:?}");
+    if out.len() >= 2 && out.starts_with('"') && out.ends_with('"') {
+        out.pop();
+        out.remove(0);
+    }
+}
+
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         match field.name() {
-            "message" => self.message = format!("{value:?}"),
-            "jail" => self.jail = Some(format!("{value:?}").trim_matches('"').to_string()),
-            "ip" => self.ip = Some(format!("{value:?}").trim_matches('"').to_string()),
-            "notice" => self.notice = format!("{value:?}") == "true",
+            "message" => {
+                self.message.clear();
+                let _ = write!(self.message, "{value:?}");
+            }
+            "jail" => debug_into(self.jail.get_or_insert_with(String::new), value),
+            "ip" => debug_into(self.ip.get_or_insert_with(String::new), value),
+            "notice" => {
+                let mut t = String::new();
+                debug_into(&mut t, value);
+                self.notice = t == "true";
+            }
             name => {
                 let _ = write!(self.rest, " {name}={value:?}");
             }
@@ -38,7 +56,7 @@ impl Visit for Fields {
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "message" => self.message = value.to_string(),
+            "message" => value.clone_into(&mut self.message),
             "jail" => self.jail = Some(value.to_string()),
             "ip" => self.ip = Some(value.to_string()),
             name => {
@@ -66,6 +84,36 @@ enum Sink {
 struct Buffered {
     out: Box<dyn Write + Send>,
     buf: Vec<u8>,
+    clock: LocalSecond,
+}
+
+/// The local time of one second as the log writes it
+/// (`2026-11-22 10:15:02`), made once per second: the time zone lookup and
+/// the formatting cost more than the rest of a line.
+#[derive(Default)]
+struct LocalSecond {
+    second: Option<i64>,
+    text: String,
+}
+
+impl LocalSecond {
+    /// Appends `YYYY-mm-dd HH:MM:SS,mmm` for the current time to `out`.
+    fn write_now(&mut self, out: &mut Vec<u8>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if self.second != Some(second) {
+            use chrono::TimeZone;
+            self.text.clear();
+            if let chrono::LocalResult::Single(t) = chrono::Local.timestamp_opt(second, 0) {
+                let _ = write!(self.text, "{}", t.format("%Y-%m-%d %H:%M:%S"));
+            }
+            self.second = Some(second);
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        let _ = write!(out, ",{:03}", now.subsec_millis());
+    }
 }
 
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -103,6 +151,18 @@ pub fn flush() {
         if let Ok(mut w) = w.lock() {
             w.flush();
         }
+    }
+}
+
+/// Fail2Ban's logger name for a target: `banhammer::jail::window` ->
+/// `banhammer.jail`.
+fn push_logger_name(out: &mut Vec<u8>, target: &str) {
+    let mut parts = target.split("::");
+    let first = parts.next().unwrap_or_default();
+    out.extend_from_slice(first.as_bytes());
+    if let Some(second) = parts.next() {
+        out.push(b'.');
+        out.extend_from_slice(second.as_bytes());
     }
 }
 
@@ -147,39 +207,39 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         if !meta.target().starts_with("banhammer") {
             return;
         }
+        if matches!(*meta.level(), Level::DEBUG | Level::TRACE) && self.level < LogLevel::Debug {
+            return;
+        }
         let mut f = Fields::default();
         event.record(&mut f);
         if !self.enabled(meta.level(), f.notice) {
             return;
         }
         let (level, priority) = level_name(meta.level(), f.notice);
-        let mut msg = String::new();
+        let mut msg = String::with_capacity(f.message.len() + 48);
         if let Some(j) = &f.jail {
-            let _ = write!(msg, "[{j}] ");
+            msg.push('[');
+            msg.push_str(j);
+            msg.push_str("] ");
         }
         msg.push_str(&f.message);
         if let Some(ip) = &f.ip {
-            let _ = write!(msg, " {ip}");
+            msg.push(' ');
+            msg.push_str(ip);
         }
         msg.push_str(&f.rest);
-        let logger = meta.target().replace("::", ".");
-        let logger = match logger.split('.').nth(1) {
-            Some(part) => format!("banhammer.{part}"),
-            None => logger,
-        };
         match &self.sink {
             Sink::Write(w) => {
-                let now = chrono::Local::now();
                 if let Ok(mut w) = w.lock() {
-                    let _ = writeln!(
-                        w.buf,
-                        "{} {:<24}[{}]: {:<7} {}",
-                        now.format("%Y-%m-%d %H:%M:%S,%3f"),
-                        logger,
-                        self.pid,
-                        level,
-                        msg
-                    );
+                    let w = &mut *w;
+                    w.clock.write_now(&mut w.buf);
+                    w.buf.push(b' ');
+                    let logger_at = w.buf.len();
+                    push_logger_name(&mut w.buf, meta.target());
+                    let width = w.buf.len() - logger_at;
+                    w.buf
+                        .resize(w.buf.len() + 24usize.saturating_sub(width), b' ');
+                    let _ = writeln!(w.buf, "[{}]: {:<7} {}", self.pid, level, msg);
                     if priority <= 5 || w.buf.len() >= FLUSH_SIZE {
                         w.flush();
                     }
@@ -235,6 +295,7 @@ pub fn init(target: &LogTarget, level: LogLevel) -> Result<(), LogError> {
         let w: &'static Mutex<Buffered> = Box::leak(Box::new(Mutex::new(Buffered {
             out,
             buf: Vec::with_capacity(FLUSH_SIZE),
+            clock: LocalSecond::default(),
         })));
         let _ = WRITER.set(w);
         Sink::Write(w)
@@ -247,4 +308,74 @@ pub fn init(target: &LogTarget, level: LogLevel) -> Result<(), LogError> {
     let subscriber = tracing_subscriber::registry().with(layer);
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines in Fail2Ban's format (what `recidive` and operators read),
+    /// levels filtered, a NOTICE written at once.
+    #[test]
+    fn lines_have_fail2bans_format() {
+        let out = Shared::default();
+        let w: &'static Mutex<Buffered> = Box::leak(Box::new(Mutex::new(Buffered {
+            out: Box::new(out.clone()),
+            buf: Vec::new(),
+            clock: LocalSecond::default(),
+        })));
+        let layer = LineLayer {
+            sink: Sink::Write(w),
+            level: LogLevel::Info,
+            pid: 4242,
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let jail = String::from("sshd");
+            tracing::debug!(jail = %jail, "not written at INFO");
+            tracing::info!(jail = %jail, ip = %"192.0.2.7", "Found");
+            tracing::info!(jail = %jail, ip = "192.0.2.7", notice = true, "Ban");
+            tracing::warn!(count = 3, "plain warning");
+        });
+        w.lock().unwrap().flush();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let shape = regex::Regex::new(
+            r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} banhammer\.logging {7}\[4242\]: (.{7}) (.*)$",
+        )
+        .unwrap();
+        let parts: Vec<(String, String)> = lines
+            .iter()
+            .map(|l| {
+                let c = shape.captures(l).unwrap_or_else(|| panic!("{l}"));
+                (c[1].to_string(), c[2].to_string())
+            })
+            .collect();
+        assert_eq!(
+            parts[0],
+            ("INFO   ".into(), "[sshd] Found 192.0.2.7".into())
+        );
+        assert_eq!(parts[1], ("NOTICE ".into(), "[sshd] Ban 192.0.2.7".into()));
+        assert_eq!(parts[2], ("WARNING".into(), "plain warning count=3".into()));
+        // the time is the local time of now
+        let stamp = &lines[0][..19];
+        let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S").unwrap();
+        let now = chrono::Local::now().naive_local();
+        assert!((now - t).num_seconds().abs() <= 2, "{stamp} vs {now}");
+    }
 }
