@@ -6,7 +6,7 @@
 
 use banhammer::config::options::NamedOptions;
 use banhammer::filter::date::LocalClock;
-use banhammer::filter::{read_filter, Failure, Filter, FilterOptions, FilterState};
+use banhammer::filter::{read_filter, Failure, FailureDetail, Filter, FilterOptions, FilterState};
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -282,5 +282,70 @@ fn every_shipped_filter_passes_its_sample_log() {
         "{} wrong lines:\n{}",
         errors.len(),
         errors.join("\n")
+    );
+}
+
+/// The daemon's failures (`Evidence`) and `banhammer regex`'s (`Lean`) are
+/// the full ones with parts left out: the same lines fail with the same
+/// regex, id and time; `Evidence` keeps every group and log line, and
+/// only the `<F-MLFID>` connection's users are left out.
+#[test]
+fn fewer_details_change_no_failure() {
+    std::env::set_var("TZ", "Europe/Zurich");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = NamedOptions {
+        name: "sshd".into(),
+        options: IndexMap::new(),
+    };
+    let def = read_filter(&root.join("filters"), &spec).expect("sshd filter");
+    let filter = Filter::compile(def, FilterOptions::default()).expect("compiles");
+    let text = std::fs::read_to_string(root.join("tests/samples/sshd")).expect("sample");
+    let mut states: Vec<FilterState> = [
+        FailureDetail::Full,
+        FailureDetail::Evidence,
+        FailureDetail::Lean,
+    ]
+    .into_iter()
+    .map(|d| {
+        let mut st = FilterState::new(&filter);
+        st.set_failure_detail(d);
+        st
+    })
+    .collect();
+    let (mut failures, mut with_users) = (0, 0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let got: Vec<Vec<Failure>> = states
+            .iter_mut()
+            .map(|st| st.process_line(&filter, line, NOW))
+            .collect();
+        let decided = |fs: &[Failure]| -> Vec<(usize, Option<String>, Option<f64>, bool)> {
+            fs.iter()
+                .map(|f| (f.regex, f.fid.clone(), f.time, f.is_nofail()))
+                .collect()
+        };
+        let (full, evidence, lean) = (&got[0], &got[1], &got[2]);
+        assert_eq!(decided(full), decided(evidence), "{line}");
+        assert_eq!(decided(full), decided(lean), "{line}");
+        for (f, e) in full.iter().zip(evidence) {
+            let groups = |f: &Failure| -> Vec<(String, Option<String>)> {
+                f.data
+                    .groups
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                    .collect()
+            };
+            assert_eq!(groups(f), groups(e), "{line}");
+            let lines =
+                |f: &Failure| -> Vec<String> { f.data.matches.iter().map(|m| m.full()).collect() };
+            assert_eq!(lines(f), lines(e), "{line}");
+            assert!(e.data.users.is_none(), "{line}");
+            failures += 1;
+            with_users += usize::from(f.data.users.is_some());
+        }
+    }
+    // the sample has connections with users, so something was left out
+    assert!(
+        failures > 30 && with_users > 10,
+        "{failures} failures, {with_users} with users"
     );
 }

@@ -6,8 +6,8 @@
 use super::{for_each_line_in, open_log, CmdError};
 use crate::config::options::parse_named;
 use crate::filter::{
-    read_filter, read_filter_at, Filter, FilterDefinition, FilterError, FilterOptions, FilterState,
-    TupleLine,
+    read_filter, read_filter_at, FailureDetail, Filter, FilterDefinition, FilterError,
+    FilterOptions, FilterState, TupleLine,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -188,7 +188,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     let now = args.now.unwrap_or_else(super::now);
     let mut state = FilterState::new(&filter);
     // only the regex and `<F-NOFAIL>` of each failure are counted
-    state.set_lean_failures(true);
+    state.set_failure_detail(FailureDetail::Lean);
     let mut st = Stats {
         fail_hits: vec![0; filter.failregex_sources().len()],
         ignore_hits: vec![0; filter.ignoreregex_sources().len()],

@@ -183,7 +183,7 @@ impl FailData {
         self.groups.remove(name)
     }
     /// A copy with only the groups that decide what a failure is (see
-    /// [`FilterState::set_lean_failures`]).
+    /// [`FailureDetail::Lean`]).
     fn deciding(&self) -> FailData {
         FailData {
             groups: Groups(
@@ -194,6 +194,17 @@ impl FailData {
                     .cloned()
                     .collect(),
             ),
+            ..FailData::default()
+        }
+    }
+
+    /// A copy with the groups and lines, without the connection's
+    /// bookkeeping (see [`FailureDetail::Evidence`]).
+    fn evidence(&self) -> FailData {
+        FailData {
+            groups: self.groups.clone(),
+            matches: self.matches.clone(),
+            mlfpending: self.mlfpending,
             ..FailData::default()
         }
     }
@@ -673,8 +684,26 @@ pub struct FilterState {
     pub info: LineInfo,
     /// Lines whose backtracking search hit its limit (counted, not fatal).
     pub regex_errors: u64,
-    /// See [`FilterState::set_lean_failures`].
-    lean: bool,
+    /// See [`FilterState::set_failure_detail`].
+    detail: FailureDetail,
+}
+
+/// What the [`Failure`]s a [`FilterState`] returns carry. Which lines
+/// fail, with which regex and id, is the same in each; the `<F-MLFID>`
+/// cache always keeps its full data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureDetail {
+    /// Everything, also the connection's bookkeeping (`banhammer
+    /// test-filter` prints the users seen).
+    #[default]
+    Full,
+    /// The groups and the log lines, without the users a connection saw
+    /// and its lines of messages that were not failures: what a jail
+    /// records and bans with.
+    Evidence,
+    /// Only what decides them (`regex`, `fid`, `time` and the `nofail`,
+    /// `fid`, `ip4`, `ip6`, `dns` groups): for counting (`banhammer regex`).
+    Lean,
 }
 
 /// Buffers [`FilterState::find_failure_in`] reuses from line to line.
@@ -749,18 +778,13 @@ impl FilterState {
             candidates: Vec::new(),
             info: LineInfo::default(),
             regex_errors: 0,
-            lean: false,
+            detail: FailureDetail::Full,
         }
     }
 
-    /// Lean failures: the [`Failure`]s returned keep only what decides
-    /// them (`regex`, `fid`, `time` and the `nofail`, `fid`, `ip4`, `ip6`,
-    /// `dns` groups); their log lines, users and other groups are left out.
-    /// Which lines fail, with which regex and id, is unchanged (the
-    /// `<F-MLFID>` cache keeps its full data), but nothing is copied for
-    /// the caller: for counting (`banhammer regex`), not for bans.
-    pub fn set_lean_failures(&mut self, lean: bool) {
-        self.lean = lean;
+    /// How much of each failure is copied out for the caller.
+    pub fn set_failure_detail(&mut self, detail: FailureDetail) {
+        self.detail = detail;
     }
 
     /// Lines held for a multi-line match (`maxlines` > 1).
@@ -1028,7 +1052,7 @@ impl FilterState {
                 Vec::new()
             };
             // (lean single-line failures carry no lines: nothing decides by them)
-            if !multi && org.is_empty() && !self.lean {
+            if !multi && org.is_empty() && self.detail != FailureDetail::Lean {
                 org.push(Arc::new(current.clone()));
             }
             let (matched, unmatched) = split_matched(hay, ms, me, &org, &skipped);
@@ -1197,10 +1221,10 @@ impl FilterState {
             merged.nofail_matches.extend(matched.iter().cloned());
         }
         if was_cached {
-            let result = if self.lean {
-                merged.deciding()
-            } else {
-                merged.clone()
+            let result = match self.detail {
+                FailureDetail::Lean => merged.deciding(),
+                FailureDetail::Evidence => merged.evidence(),
+                FailureDetail::Full => merged.clone(),
             };
             if forget {
                 self.mlfid.remove(mlfid);
@@ -1208,12 +1232,13 @@ impl FilterState {
             return (result, !forget);
         }
         if !forget {
-            if self.lean {
-                let result = fail.deciding();
-                self.mlfid.set(mlfid, fail, now);
-                return (result, true);
-            }
-            self.mlfid.set(mlfid, fail.clone(), now);
+            let result = match self.detail {
+                FailureDetail::Lean => fail.deciding(),
+                FailureDetail::Evidence => fail.evidence(),
+                FailureDetail::Full => fail.clone(),
+            };
+            self.mlfid.set(mlfid, fail, now);
+            return (result, true);
         }
         (fail, !forget)
     }

@@ -14,7 +14,7 @@ pub mod policy;
 pub mod window;
 
 use crate::config::jail::JailConfig;
-use crate::filter::{Failure, Filter, FilterState};
+use crate::filter::{Failure, FailureDetail, Filter, FilterState};
 use crate::firewall::{ActionEvent, ActionRunner};
 use crate::store::{BanRecord, BanRequest, ChunkOp, JailState, Store, StoreCmd};
 use ignore::{parse_addr, IgnoreList};
@@ -130,8 +130,10 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn new(filter: Arc<Filter>, jail: &str) -> Matcher {
+        let mut state = FilterState::new(&filter);
+        state.set_failure_detail(FailureDetail::Evidence);
         Matcher {
-            state: std::sync::Mutex::new(FilterState::new(&filter)),
+            state: std::sync::Mutex::new(state),
             filter,
             timer: format!("match_time.{}", crate::notify::statsd::part(jail)),
         }
