@@ -670,7 +670,9 @@ pub struct LineInfo {
 #[derive(Debug)]
 pub struct FilterState {
     dates: DateState,
-    current: TupleLine,
+    /// The line being matched; shared with the failures made of it (the
+    /// next line gets a new one if a failure still holds it).
+    current: Arc<TupleLine>,
     line_buffer: Vec<Arc<TupleLine>>,
     last_date: Option<f64>,
     last_time_text: String,
@@ -766,7 +768,7 @@ impl FilterState {
     pub fn new(filter: &Filter) -> FilterState {
         FilterState {
             dates: DateState::new(&filter.dates),
-            current: TupleLine::default(),
+            current: Arc::default(),
             line_buffer: Vec::new(),
             last_date: None,
             last_time_text: String::new(),
@@ -819,7 +821,7 @@ impl FilterState {
         match self.dates.match_time(&filter.dates, line) {
             Some(m) => {
                 let (s, e) = (m.start, m.end);
-                self.current.set(&line[..s], &line[s..e], &line[e..]);
+                self.set_current(&line[..s], &line[s..e], &line[e..]);
                 if e > s {
                     date = self.dates.get_time(&filter.dates, line, &m, now);
                     if let Some(d) = date {
@@ -829,19 +831,19 @@ impl FilterState {
                     }
                 } else if let Some(d) = self.recent_date(now) {
                     let text = std::mem::take(&mut self.last_time_text);
-                    self.current.set("", &text, line);
+                    self.set_current("", &text, line);
                     self.last_time_text = text;
                     date = Some(d);
                 } else {
                     date = Some(now);
                 }
             }
-            None => self.current.set("", "", line),
+            None => self.set_current("", "", line),
         }
         if date.is_none() {
             if let Some(d) = self.recent_date(now) {
                 let text = std::mem::take(&mut self.last_time_text);
-                self.current.set("", &text, line);
+                self.set_current("", &text, line);
                 self.last_time_text = text;
                 date = Some(d);
             }
@@ -858,7 +860,7 @@ impl FilterState {
         time: f64,
         time_text: &str,
     ) -> Vec<Failure> {
-        self.current.set("", time_text, message);
+        self.set_current("", time_text, message);
         self.last_time_text.clear();
         self.last_time_text.push_str(time_text);
         self.last_date = Some(time);
@@ -913,12 +915,24 @@ impl FilterState {
             hay_owned: std::mem::take(&mut self.content),
             pre_groups: std::mem::take(&mut self.pre_groups),
         };
-        let current = std::mem::take(&mut self.current);
+        let current = Arc::clone(&self.current);
         self.find_failure_in(filter, date, now, &current, &mut scratch, out);
         self.buf = scratch.buf;
         self.content = scratch.hay_owned;
         self.pre_groups = scratch.pre_groups;
-        self.current = current;
+    }
+
+    fn set_current(&mut self, pre: &str, date: &str, post: &str) {
+        match Arc::get_mut(&mut self.current) {
+            Some(c) => c.set(pre, date, post),
+            None => {
+                self.current = Arc::new(TupleLine {
+                    pre: pre.to_string(),
+                    date: date.to_string(),
+                    post: post.to_string(),
+                })
+            }
+        }
     }
 
     /// Fail2Ban's `findFailure`, appending to `out`.
@@ -927,7 +941,7 @@ impl FilterState {
         filter: &Filter,
         date: Option<f64>,
         now: f64,
-        current: &TupleLine,
+        current: &Arc<TupleLine>,
         scratch: &mut Scratch,
         out: &mut Vec<Failure>,
     ) {
@@ -944,7 +958,7 @@ impl FilterState {
         // line, shared (made once, only if some regex matches)
         let mut org: Vec<Arc<TupleLine>>;
         if multi {
-            self.line_buffer.push(Arc::new(current.clone()));
+            self.line_buffer.push(Arc::clone(current));
             let excess = self.line_buffer.len().saturating_sub(filter.maxlines);
             self.line_buffer.drain(..excess);
             org = self.line_buffer.clone();
@@ -1053,7 +1067,7 @@ impl FilterState {
             };
             // (lean single-line failures carry no lines: nothing decides by them)
             if !multi && org.is_empty() && self.detail != FailureDetail::Lean {
-                org.push(Arc::new(current.clone()));
+                org.push(Arc::clone(current));
             }
             let (matched, unmatched) = split_matched(hay, ms, me, &org, &skipped);
             if !filter.ignoreregex.is_empty()
