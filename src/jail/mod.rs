@@ -31,7 +31,8 @@ use window::FailureWindows;
 /// One line from a source.
 #[derive(Debug, Clone)]
 pub struct Line {
-    pub text: String,
+    /// Shared with the failures found in it (their evidence line).
+    pub text: Arc<str>,
     /// The time the source knows for it (journal entries); `None` if it is
     /// in the text.
     pub time: Option<f64>,
@@ -90,7 +91,7 @@ impl Found {
     fn new(f: Failure, from: &Line) -> Option<Found> {
         let line: Arc<str> = match f.data.matches.as_slice() {
             // the usual case: the match is the line itself
-            [one] if one.is(&from.text) => Arc::from(from.text.as_str()),
+            [one] if one.is(&from.text) => Arc::clone(&from.text),
             [one] => one.full().into(),
             many => many
                 .iter()

@@ -25,6 +25,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -116,7 +117,7 @@ impl Tracked {
         &mut self,
         final_partial: bool,
         max: usize,
-        f: &mut dyn FnMut(Vec<String>, Position) -> bool,
+        f: &mut dyn FnMut(Vec<Arc<str>>, Position) -> bool,
     ) -> std::io::Result<bool> {
         if self.fingerprint.is_empty() {
             self.fingerprint = fingerprint(&mut self.file);
@@ -124,7 +125,7 @@ impl Tracked {
         self.file.seek(SeekFrom::Start(self.offset))?;
         let mut buf = vec![0u8; READ_SIZE];
         let mut carry: Vec<u8> = Vec::new();
-        let mut batch: Vec<String> = Vec::new();
+        let mut batch: Vec<Arc<str>> = Vec::new();
         loop {
             let n = self.file.read(&mut buf)?;
             if n == 0 {
@@ -144,8 +145,8 @@ impl Tracked {
                     raw = rest;
                 }
                 batch.push(match valid {
-                    Some(text) => text[start..start + raw.len()].to_owned(),
-                    None => String::from_utf8_lossy(raw).into_owned(),
+                    Some(text) => Arc::from(&text[start..start + raw.len()]),
+                    None => Arc::from(String::from_utf8_lossy(raw).as_ref()),
                 });
                 self.offset += (nl + 1 - start) as u64;
                 start = nl + 1;
@@ -156,7 +157,7 @@ impl Tracked {
             carry.drain(..=last);
         }
         if final_partial && !carry.is_empty() {
-            batch.push(String::from_utf8_lossy(&carry).into_owned());
+            batch.push(Arc::from(String::from_utf8_lossy(&carry).as_ref()));
             self.offset += carry.len() as u64;
         }
         if !batch.is_empty() {

@@ -164,7 +164,7 @@ impl JournalSource {
                             .map(|u| u as f64 / 1e6)
                             .unwrap_or_else(|_| crate::jail::now());
                         lines.push(Line {
-                            text: format_entry(&e),
+                            text: format_entry(&e).into(),
                             time: Some(time),
                             live,
                             origin: None,

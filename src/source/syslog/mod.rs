@@ -406,7 +406,7 @@ fn feed_jail(
         let lines: Vec<Line> = batch
             .drain(..)
             .map(|m| Line {
-                text: m.line(),
+                text: m.line().into(),
                 time: Some(m.time),
                 live: true,
                 origin: Some(Arc::new(Origin {
