@@ -18,7 +18,7 @@
 use super::SourceEvent;
 use crate::jail::{Checkpoint, Line};
 use crate::store::Position;
-use inotify::{Inotify, WatchDescriptor, WatchMask};
+use inotify::{Inotify, WatchMask};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 /// random places an address index is updated at, fewer, larger
 /// transactions write far fewer pages (4,096 lines per chunk wrote
 /// 480 MB to the WAL for a 26 MB database on 1M sshd lines; 16,384 about
-/// 200 MB, and the writing slowed the matching on the other core).
+/// 260 MB, and the writing slowed the matching on the other core).
 const CHUNK_LINES: usize = 16384;
 /// Bytes read at once.
 const READ_SIZE: usize = 1 << 20;
@@ -242,7 +242,7 @@ struct Wakeups {
     dirs: Vec<PathBuf>,
     /// The inode each followed path was watched as (a rotated path gets a
     /// watch on its new file; the old one's watch goes with its inode).
-    files: HashMap<PathBuf, (u64, WatchDescriptor)>,
+    files: HashMap<PathBuf, u64>,
     buffer: Vec<u8>,
 }
 
@@ -280,11 +280,11 @@ impl Wakeups {
     }
 
     fn watch_file(&mut self, path: &Path, inode: u64) {
-        if self.files.get(path).is_some_and(|(i, _)| *i == inode) {
+        if self.files.get(path) == Some(&inode) {
             return;
         }
-        if let Ok(wd) = self.inotify.watches().add(path, FILE_EVENTS) {
-            self.files.insert(path.to_path_buf(), (inode, wd));
+        if self.inotify.watches().add(path, FILE_EVENTS).is_ok() {
+            self.files.insert(path.to_path_buf(), inode);
         }
     }
 
