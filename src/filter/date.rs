@@ -557,15 +557,24 @@ impl DateTemplate {
     /// `regex.search_at(hay, start)`, through the exact fast path where
     /// the template has one and it is sure of its answer.
     fn search_at(&self, hay: &str, start: usize, slots: &mut Slots) -> bool {
+        self.search_noting(hay, start, slots).0
+    }
+
+    /// [`search_at`](Self::search_at), and whether the syslog matcher
+    /// answered (then the answer depends only on the bytes that
+    /// [`SyslogStart::depends_on`] names).
+    fn search_noting(&self, hay: &str, start: usize, slots: &mut Slots) -> (bool, bool) {
         if start == 0 {
             if let Some(fast) = &self.fast {
                 if fast.find(hay, slots.spans_mut()) {
-                    return true;
+                    return (true, true);
                 }
             }
         }
-        self.pattern()
-            .is_some_and(|p| p.search_at(hay, start, slots))
+        let found = self
+            .pattern()
+            .is_some_and(|p| p.search_at(hay, start, slots));
+        (found, false)
     }
 }
 
@@ -747,6 +756,53 @@ impl SyslogStart {
         out[0] = Some((0, p));
         out[1] = Some((0, p));
         true
+    }
+
+    /// How many leading bytes of a line decided a match of [`find`] that
+    /// ended at `end`: the matcher looks at most four bytes past the end
+    /// (a year that did not follow), apart from its ASCII test of the whole
+    /// window. A line whose first bytes are these (and whose window is
+    /// ASCII) gets the same answer.
+    ///
+    /// [`find`]: SyslogStart::find
+    fn depends_on(end: usize) -> usize {
+        end + 5
+    }
+}
+
+/// The last line's date, found by the syslog matcher: a line that starts
+/// with the same bytes (most lines of a busy log share their second) has
+/// the same date at the same place, so neither matcher nor conversion runs.
+#[derive(Debug, Default)]
+struct RepeatMemo {
+    /// The leading bytes the answer depended on.
+    key: Vec<u8>,
+    /// `key` is shorter than the matcher's reach: the line ended there.
+    whole_line: bool,
+    /// Position in the template order of the template that matched.
+    pos: usize,
+    found: Option<DateMatch>,
+    valid: bool,
+}
+
+impl RepeatMemo {
+    fn answers(&self, line: &str) -> bool {
+        let b = line.as_bytes();
+        self.valid
+            && b.starts_with(&self.key)
+            && (!self.whole_line || b.len() == self.key.len())
+            && b[..b.len().min(SYSLOG_WINDOW)].is_ascii()
+    }
+
+    fn remember(&mut self, line: &str, pos: usize, found: DateMatch) {
+        let b = line.as_bytes();
+        let reach = SyslogStart::depends_on(found.match_end);
+        self.key.clear();
+        self.key.extend_from_slice(&b[..reach.min(b.len())]);
+        self.whole_line = b.len() < reach;
+        self.pos = pos;
+        self.found = Some(found);
+        self.valid = true;
     }
 }
 
@@ -1303,6 +1359,11 @@ pub struct DateState {
     /// (template, match start) whose groups `slots` holds.
     slots_for: Option<(usize, usize)>,
     memo: TimeMemo,
+    repeat: RepeatMemo,
+    /// The last `match_time` answered from `repeat`.
+    repeated: bool,
+    /// The last `try_template` was answered by the syslog matcher.
+    fast_answered: bool,
     clock: LocalClock,
     /// Hits per template (by template index), for reports.
     pub hits: Vec<u64>,
@@ -1368,6 +1429,9 @@ impl DateState {
             slots: Slots::default(),
             slots_for: None,
             memo: TimeMemo::default(),
+            repeat: RepeatMemo::default(),
+            repeated: false,
+            fast_answered: false,
             clock: LocalClock::default(),
             hits: vec![0; n],
         }
@@ -1396,7 +1460,9 @@ impl DateState {
             _ => (0, line.len()),
         };
         self.slots_for = None;
-        if !tmpl.search_at(&line[..end], start, &mut self.slots) {
+        let (found, fast) = tmpl.search_noting(&line[..end], start, &mut self.slots);
+        self.fast_answered = fast;
+        if !found {
             return None;
         }
         self.template_hits[t] += 1;
@@ -1411,6 +1477,24 @@ impl DateState {
         if det.templates.is_empty() {
             return None;
         }
+        if self.repeat.answers(line) && self.last_idx == Some(self.repeat.pos) {
+            if let Some(found) = self.repeat.found {
+                // what the template at `last_idx` answers first, and wins
+                let i = self.repeat.pos;
+                self.repeated = true;
+                self.template_hits[found.template] += 1;
+                let slot = &mut self.order[i];
+                slot.hits += 1;
+                slot.last_used = wall_clock();
+                self.hits[found.template] += 1;
+                if self.first_unused == i {
+                    self.first_unused += 1;
+                }
+                return Some(found);
+            }
+        }
+        self.repeated = false;
+        self.repeat.valid = false;
         let n = self.order.len();
         let mut found: Option<(usize, usize, usize, usize, usize, usize)> = None; // (start,end,gstart,gend,range end,pos)
         let mut ignore_by_search = usize::MAX;
@@ -1492,14 +1576,23 @@ impl DateState {
             i = self.reorder(det, i);
         }
         self.last_idx = Some(i);
-        Some(DateMatch {
+        let found = DateMatch {
             template,
             start: gs,
             end: ge,
             match_start: s,
             match_end: e,
             range_end,
-        })
+        };
+        if self.fast_answered
+            && s == 0
+            && range_end == line.len()
+            && self.slots_for == Some((template, s))
+            && det.templates[template].is_anchored()
+        {
+            self.repeat.remember(line, i, found);
+        }
+        Some(found)
     }
 
     fn reorder(&mut self, det: &DateDetector, num: usize) -> usize {
@@ -1539,10 +1632,14 @@ impl DateState {
         m: &DateMatch,
         now: f64,
     ) -> Option<f64> {
-        let text = &line[m.match_start..m.match_end];
-        let around = (char_before(line, m.match_start), char_at(line, m.match_end));
         let now_sec = now.floor() as i64;
         let memo = &self.memo;
+        if self.repeated && memo.valid && memo.template == m.template && memo.now == now_sec {
+            // the same text in the same context (see `RepeatMemo`)
+            return memo.time;
+        }
+        let text = &line[m.match_start..m.match_end];
+        let around = (char_before(line, m.match_start), char_at(line, m.match_end));
         if memo.valid
             && memo.template == m.template
             && memo.now == now_sec
@@ -1685,6 +1782,62 @@ mod tests {
     /// The hand-written syslog matcher must give exactly the regex's
     /// match (or no answer) on every text, including the ones that make the
     /// regex backtrack.
+    /// Lines that start like the one before them are answered from the
+    /// repeat memo, with what the matchers would have found: the same
+    /// spans, time and template hits as a detector that never remembers.
+    #[test]
+    fn repeated_line_starts_give_what_the_matchers_give() {
+        let now = 1_700_000_000.0;
+        let lines = [
+            "Mar  1 00:00:00 srv01 sshd[1]: a",
+            "Mar  1 00:00:00 srv01 sshd[22]: b",
+            "Mar  1 00:00:00 srv01 sshd[22]: c",
+            "Mar  1 00:00:00 2024 srv01 x",
+            "Mar  1 00:00:00 2024 srv01 y",
+            "Mar  1 00:00:00.123 srv01 x",
+            "Mar  1 00:00:00.1234 srv01 x",
+            "Mar  1 00:00:00",
+            "Mar  1 00:00:00",
+            "Mar  1 00:00:00 srv01 \u{e9}t\u{e9}",
+            "Mar  1 00:00:00 srv01 x",
+            "Mar  1 00:00:01 srv01 x",
+            "Mar  1 00:00:01x srv01",
+            "Mar  1 00:00:01 srv01 x",
+            "Tue Mar  1 00:00:01 srv01 x",
+            "Tue Mar  1 00:00:01 srv01 x",
+        ];
+        for pattern in [None, Some("{^LN-BEG}")] {
+            let det = match pattern {
+                Some(p) => DateDetector::from_datepattern(p).unwrap(),
+                None => DateDetector::with_defaults(),
+            };
+            let mut remembering = DateState::new(&det);
+            let mut repeats = 0;
+            for (k, line) in lines.iter().enumerate() {
+                let m = remembering.match_time(&det, line);
+                repeats += usize::from(remembering.repeated);
+                let got = m.map(|m| (m.start, m.end, remembering.get_time(&det, line, &m, now)));
+                // a detector that saw the same lines but answers this one afresh
+                let mut fresh = DateState::new(&det);
+                for l in &lines[..k] {
+                    if let Some(m) = fresh.match_time(&det, l) {
+                        fresh.get_time(&det, l, &m, now);
+                    }
+                }
+                fresh.repeat.valid = false;
+                let m = fresh.match_time(&det, line);
+                assert!(!fresh.repeated);
+                let want = m.map(|m| (m.start, m.end, fresh.get_time(&det, line, &m, now)));
+                assert_eq!(got, want, "{pattern:?} line {k}: {line:?}");
+                assert_eq!(remembering.hits, fresh.hits, "{pattern:?} line {k}");
+            }
+            assert!(
+                repeats >= 5,
+                "{pattern:?}: {repeats} lines answered from the memo"
+            );
+        }
+    }
+
     #[test]
     fn syslog_fast_path_agrees_with_the_regex() {
         let det = DateDetector::from_datepattern("{^LN-BEG}").unwrap();
