@@ -16,6 +16,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
@@ -1679,7 +1680,69 @@ enum Engine {
         /// Branch pruning for patterns whose conditionals were compiled away.
         splits: Option<Box<Splits>>,
         exact: Box<fancy_regex::Regex>,
+        /// Whole answers by the shape of the haystack (see [`Outer`]).
+        outer: Option<Outer>,
     },
+}
+
+/// The answers of a `Verified` pattern (its Python groups) remembered by
+/// the shape of the whole haystack under `classes`: the common refinement
+/// of the full core's classes (with its checks') and of the bytes of the
+/// branch-pruning literals. Which literals a haystack contains is then a
+/// function of its shape, so is the pruned core it selects, and when that
+/// core's own classes are coarser than `classes` (checked per core), so is
+/// its answer. A hit skips pruning, capture search, checks and group
+/// mapping. Answers of the backtracking fallback are not remembered.
+#[derive(Debug)]
+struct Outer {
+    classes: Box<[u8; 256]>,
+    /// Keys this pattern's cache in [`Slots`].
+    id: usize,
+}
+
+impl Outer {
+    fn new(core: &VerifiedCore, splits: Option<&Splits>) -> Option<Outer> {
+        let mut tables = vec![core.classes.clone()?];
+        if let Some(sp) = splits {
+            // each byte of a literal alone in its class
+            let mut singles = Box::new([0u8; 256]);
+            let mut next = 0u8;
+            for &b in sp.literal_bytes.iter().flatten() {
+                if singles[usize::from(b)] == 0 {
+                    next = next.checked_add(1)?;
+                    singles[usize::from(b)] = next;
+                }
+            }
+            tables.push(singles);
+        }
+        Some(Outer {
+            classes: refine(&tables)?,
+            id: next_pattern_id(),
+        })
+    }
+}
+
+/// The common refinement of byte class tables: two bytes share a class
+/// exactly when they share one in every table.
+fn refine(tables: &[Box<[u8; 256]>]) -> Option<Box<[u8; 256]>> {
+    let mut out = Box::new([0u8; 256]);
+    let mut seen: std::collections::HashMap<Vec<u8>, u8> = std::collections::HashMap::new();
+    for (b, class) in out.iter_mut().enumerate() {
+        let key: Vec<u8> = tables.iter().map(|t| t[b]).collect();
+        // at most 256 keys, numbered from 0
+        let n = u8::try_from(seen.len()).ok()?;
+        *class = *seen.entry(key).or_insert(n);
+    }
+    Some(out)
+}
+
+/// Whether every two bytes of one class in `fine` share a class in `coarse`.
+fn is_coarser(coarse: &[u8; 256], fine: &[u8; 256]) -> bool {
+    let mut to: [Option<u8>; 256] = [None; 256];
+    (0..256).all(|b| {
+        let slot = &mut to[usize::from(fine[b])];
+        *slot.get_or_insert(coarse[b]) == coarse[b]
+    })
 }
 
 /// The `regex`-crate side of a `Verified` pattern.
@@ -1690,6 +1753,14 @@ struct VerifiedCore {
     checks: Vec<Check>,
     /// Python group number -> group numbers in `approx`.
     map: Vec<Vec<usize>>,
+    /// Byte classes of the approximation and of every check together:
+    /// two ASCII haystacks of the same shape under them get the same
+    /// answer. None if a check compares texts (a back-reference) or a
+    /// class table cannot be made.
+    classes: Option<Box<[u8; 256]>>,
+    /// Whether `classes` is coarser than the pattern's [`Engine::Verified`]
+    /// `outer` table (decided on first use).
+    fits_outer: OnceLock<bool>,
 }
 
 impl VerifiedCore {
@@ -1702,15 +1773,39 @@ impl VerifiedCore {
         let Some((text, specs, map)) = py.emit_verified_root(root, multiline) else {
             return Ok(None);
         };
+        let approx = FastRegex::new(&text, src)?;
+        let mut tables: Option<Vec<Box<[u8; 256]>>> = approx.classes.clone().map(|c| vec![c]);
+        for spec in &specs {
+            let table = match spec {
+                CheckSpec::Cond { .. } => continue,
+                CheckSpec::Backref { .. } => None,
+                CheckSpec::Look { body, .. } | CheckSpec::Tempered { body, .. } => {
+                    byte_classes(body)
+                }
+            };
+            match (table, tables.as_mut()) {
+                (Some(t), Some(all)) => all.push(t),
+                _ => tables = None,
+            }
+        }
         Ok(Some(VerifiedCore {
             id: next_pattern_id(),
-            approx: FastRegex::new(&text, src)?,
+            approx,
             checks: specs
                 .into_iter()
                 .map(|c| compile_check(c, src))
                 .collect::<Result<_, _>>()?,
             map,
+            classes: tables.and_then(|t| refine(&t)),
+            fits_outer: OnceLock::new(),
         }))
+    }
+
+    /// Whether this core's answers depend only on shapes under `outer`.
+    fn fits(&self, outer: &[u8; 256]) -> bool {
+        *self
+            .fits_outer
+            .get_or_init(|| self.classes.as_ref().is_some_and(|c| is_coarser(c, outer)))
     }
 
     /// Some(true/false) if the fast path decides; None if a check failed.
@@ -1751,6 +1846,8 @@ struct Splits {
     /// (split id, branch) of each test.
     tests: Vec<(usize, usize)>,
     literals: aho_corasick::AhoCorasick,
+    /// The literals' text (for [`Outer`]).
+    literal_bytes: Vec<Vec<u8>>,
     /// Per test: sets of literal indices; each set needs one literal present.
     needs: Vec<Vec<Vec<usize>>>,
     variants: std::sync::RwLock<std::collections::HashMap<u64, Option<Arc<VerifiedCore>>>>,
@@ -1804,6 +1901,7 @@ impl Splits {
             src: src.to_string(),
             tests,
             literals,
+            literal_bytes: lits,
             needs,
             variants: Default::default(),
         })
@@ -2660,13 +2758,17 @@ impl Pattern {
             let eliminated = py.eliminated();
             let root = eliminated.clone().unwrap_or_else(|| py.root.clone());
             match VerifiedCore::new(&py, &root, multiline, src)? {
-                Some(core) => Engine::Verified {
-                    core: Arc::new(core),
-                    splits: eliminated
+                Some(core) => {
+                    let splits = eliminated
                         .and_then(|r| Splits::new(&py, r, multiline, src))
-                        .map(Box::new),
-                    exact,
-                },
+                        .map(Box::new);
+                    Engine::Verified {
+                        outer: Outer::new(&core, splits.as_deref()),
+                        core: Arc::new(core),
+                        splits,
+                        exact,
+                    }
+                }
                 None => Engine::Fancy {
                     exact,
                     approx: FastRegex::new(&py.emit(Target::Approx, multiline), src)?,
@@ -2823,7 +2925,24 @@ impl Pattern {
                 core,
                 splits,
                 exact,
+                outer,
             } => {
+                let outer = outer.as_ref().filter(|_| hay.is_ascii());
+                let mut cache = None;
+                if let Some(o) = outer {
+                    let ci = slots.cache_index(o.id);
+                    let shapes = &mut slots.caches[ci].shape;
+                    if shapes.enabled() {
+                        if let Some(found) = shapes.lookup(&o.classes, hay.as_bytes(), start as u64)
+                        {
+                            if found {
+                                shapes.hit_spans(0, &mut slots.spans);
+                            }
+                            return found;
+                        }
+                        cache = Some(ci);
+                    }
+                }
                 let chosen;
                 let core = match splits {
                     Some(sp) if start == 0 => {
@@ -2833,6 +2952,11 @@ impl Pattern {
                     _ => core,
                 };
                 if let Some(found) = core.search(hay, start, self.names.len(), slots) {
+                    if let (Some(ci), Some(o)) = (cache, outer) {
+                        if core.fits(&o.classes) {
+                            slots.caches[ci].shape.store(found, &slots.spans, 0);
+                        }
+                    }
                     return found;
                 }
                 slots.fallbacks += 1;
@@ -3029,6 +3153,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
+        let mut outer_hits = 0;
         for (p, slots_of) in cases {
             let fast = Pattern::new(p, false).unwrap();
             let py = PyPattern::parse(p).unwrap();
@@ -3060,7 +3185,19 @@ mod tests {
                 matched >= 10,
                 "pattern {p:?} matched only {matched} of the generated texts"
             );
+            if let Engine::Verified { outer: Some(o), .. } = &fast.engine {
+                // answers came from the whole-haystack cache too
+                outer_hits += slots
+                    .caches
+                    .iter()
+                    .find(|c| c.id == o.id)
+                    .map_or(0, |c| c.shape.hits);
+            }
         }
+        assert!(
+            outer_hits > 100,
+            "{outer_hits} answers from the outer cache"
+        );
     }
 
     /// Entries survive the turnover of generations (those still looked up
