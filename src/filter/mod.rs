@@ -136,6 +136,10 @@ impl Groups {
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.0.iter().map(|(k, v)| (*k, v.as_deref()))
     }
+    /// The entries with their interned names and values as stored.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&Value>)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_ref()))
+    }
 }
 
 /// The one `'static` copy of a group name. Names come from filter files

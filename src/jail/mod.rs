@@ -14,7 +14,7 @@ pub mod policy;
 pub mod window;
 
 use crate::config::jail::JailConfig;
-use crate::filter::{Failure, FailureDetail, Filter, FilterState};
+use crate::filter::{Failure, FailureDetail, Filter, FilterState, Value};
 use crate::firewall::{ActionEvent, ActionRunner};
 use crate::store::{BanRecord, BanRequest, ChunkOp, JailState, Store, StoreCmd};
 use ignore::{parse_addr, IgnoreList};
@@ -66,8 +66,9 @@ pub struct Found {
     /// See [`Line::live`].
     pub live: bool,
     pub origin: Option<Arc<Origin>>,
-    /// The filter's other captures (`user`, `alt_user`, custom `<F-*>`).
-    pub fields: Vec<(String, String)>,
+    /// The filter's other captures (`user`, `alt_user`, custom `<F-*>`),
+    /// as the filter made them (copied into strings only for a ban).
+    pub fields: Vec<(&'static str, Value)>,
     /// When the line was matched (epoch seconds): ban latency starts here.
     pub read_at: f64,
 }
@@ -103,9 +104,9 @@ impl Found {
         let fields = f
             .data
             .groups
-            .iter()
+            .entries()
             .filter(|(k, _)| !INTERNAL_GROUPS.contains(k))
-            .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())))
+            .filter_map(|(k, v)| Some((k, v?.clone())))
             .collect();
         Some(Found {
             fid: f.fid?,
@@ -149,14 +150,15 @@ impl Matcher {
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut out = Vec::new();
+        let mut found = Vec::new();
         for line in lines {
-            let found = match line.time {
-                Some(t) => state.process_dated(&self.filter, &line.text, t, ""),
-                None => state.process_line(&self.filter, &line.text, now),
-            };
+            match line.time {
+                Some(t) => found = state.process_dated(&self.filter, &line.text, t, ""),
+                None => state.process_line_into(&self.filter, &line.text, now, &mut found),
+            }
             out.extend(
                 found
-                    .into_iter()
+                    .drain(..)
                     .filter(|f| !f.is_nofail())
                     .filter_map(|f| Found::new(f, line)),
             );
@@ -662,7 +664,7 @@ impl Jail {
         key: IpNet,
         failures: u32,
         now: f64,
-        fields: Vec<(String, String)>,
+        fields: Vec<(&'static str, Value)>,
         origin: Option<Arc<Origin>>,
     ) {
         if self.banned.contains_key(&key) || !self.pending.insert(key) {
@@ -676,7 +678,10 @@ impl Jail {
             start: now,
             failures,
             matches: evidence[skip..].iter().map(|f| f.1.to_string()).collect(),
-            fields,
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect(),
             origin,
             policy: self.policy.clone(),
         };
