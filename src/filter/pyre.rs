@@ -2139,6 +2139,8 @@ pub struct Slots {
     /// by pattern id (a buffer belongs to the regex that made it).
     locs: Vec<(usize, regex::CaptureLocations)>,
     blocs: Vec<(usize, regex::bytes::CaptureLocations)>,
+    /// Caches of the anchored lazy DFAs, by pattern id.
+    dfas: Vec<(usize, regex_automata::hybrid::dfa::Cache)>,
     /// Group spans of the last fast-path search, in the engine's numbering.
     raw: Vec<Option<(usize, usize)>>,
     caches: Vec<SpanCache>,
@@ -2161,6 +2163,21 @@ impl Slots {
                 self.caches.len() - 1
             }
         }
+    }
+
+    fn dfa_cache(
+        &mut self,
+        id: usize,
+        dfa: &regex_automata::hybrid::dfa::DFA,
+    ) -> &mut regex_automata::hybrid::dfa::Cache {
+        let pos = match self.dfas.iter().position(|(i, _)| *i == id) {
+            Some(p) => p,
+            None => {
+                self.dfas.push((id, dfa.create_cache()));
+                self.dfas.len() - 1
+            }
+        };
+        &mut self.dfas[pos].1
     }
 
     /// Index in `locs` of the capture buffer of pattern `id`.
@@ -2201,6 +2218,11 @@ struct FastRegex {
     /// Shape key: the match and its surroundings instead of the haystack
     /// from the start (else chosen per cache, see [`SpanCache::by_match`]).
     shape_by_match: bool,
+    /// For a pattern whose every match starts at the haystack's start: the
+    /// lazy DFA of the ASCII build, searched anchored with a cache of its
+    /// own in [`Slots`] (a match's end without the general search's
+    /// set-up: no cache pool, no strategy, no reverse search).
+    anchored: Option<regex_automata::hybrid::dfa::DFA>,
 }
 
 impl FastRegex {
@@ -2211,13 +2233,44 @@ impl FastRegex {
             .dfa_size_limit(16 << 20)
             .build()
             .ok();
-        let classes = ascii.as_ref().and_then(|_| byte_classes(pattern));
+        let nfa = ascii.as_ref().and_then(|_| ascii_nfa(pattern));
+        let classes = nfa.as_ref().map(classes_of);
+        let anchored = nfa.filter(|_| starts_at_start(pattern)).and_then(|nfa| {
+            regex_automata::hybrid::dfa::DFA::builder()
+                .configure(regex_automata::hybrid::dfa::DFA::config().cache_capacity(16 << 20))
+                .build_from_nfa(nfa)
+                .ok()
+        });
         Ok(FastRegex {
             uni: build_std(pattern, src)?,
             ascii,
             classes,
             shape_by_match: false,
+            anchored,
         })
+    }
+
+    /// [`find_at`](Self::find_at) through the anchored DFA where there is one.
+    fn find_at_with(
+        &self,
+        id: usize,
+        hay: &str,
+        start: usize,
+        slots: &mut Slots,
+    ) -> Option<(usize, usize)> {
+        if let Some(dfa) = &self.anchored {
+            if start == 0 && hay.is_ascii() {
+                let cache = slots.dfa_cache(id, dfa);
+                let input = regex_automata::Input::new(hay.as_bytes())
+                    .anchored(regex_automata::Anchored::Yes);
+                match dfa.try_search_fwd(cache, &input) {
+                    Ok(found) => return found.map(|m| (0, m.offset())),
+                    // the cache thrashed: the general search decides
+                    Err(_) => {}
+                }
+            }
+        }
+        self.find_at(hay, start)
     }
 
     fn is_match_at(&self, hay: &str, start: usize) -> bool {
@@ -2253,7 +2306,7 @@ impl FastRegex {
             }
         }
         if slots.caches[ci].enabled() {
-            let Some((ms, me)) = self.find_at(hay, start) else {
+            let Some((ms, me)) = self.find_at_with(id, hay, start, slots) else {
                 return false;
             };
             let key = SpanKey::of(hay, ms, me);
@@ -2288,7 +2341,7 @@ impl FastRegex {
         let bytes = hay.as_bytes();
         let by_match = self.shape_by_match || slots.caches[ci].by_match;
         let (text, extra, base) = if by_match {
-            let Some((ms, me)) = self.find_at(hay, start) else {
+            let Some((ms, me)) = self.find_at_with(id, hay, start, slots) else {
                 return false;
             };
             let class = |b: Option<&u8>| b.map_or(SHAPE_EDGE, |&b| u64::from(classes[b as usize]));
@@ -2456,8 +2509,13 @@ impl SpanCache {
 /// The byte classes of `pattern` compiled as the ASCII build is: a table
 /// from byte to class.
 fn byte_classes(pattern: &str) -> Option<Box<[u8; 256]>> {
+    ascii_nfa(pattern).as_ref().map(classes_of)
+}
+
+/// The NFA of `pattern` as the ASCII build compiles it.
+fn ascii_nfa(pattern: &str) -> Option<regex_automata::nfa::thompson::NFA> {
     use regex_automata::{nfa::thompson, util::syntax};
-    let nfa = thompson::NFA::compiler()
+    thompson::NFA::compiler()
         .syntax(syntax::Config::new().unicode(false).utf8(false))
         .configure(
             thompson::Config::new()
@@ -2465,13 +2523,31 @@ fn byte_classes(pattern: &str) -> Option<Box<[u8; 256]>> {
                 .shrink(false),
         )
         .build(pattern)
-        .ok()?;
+        .ok()
+}
+
+fn classes_of(nfa: &regex_automata::nfa::thompson::NFA) -> Box<[u8; 256]> {
     let bc = nfa.byte_classes();
     let mut table = Box::new([0u8; 256]);
     for (b, t) in table.iter_mut().enumerate() {
         *t = bc.get(b as u8);
     }
-    Some(table)
+    table
+}
+
+/// Whether every match of `pattern` (as the ASCII build reads it) starts
+/// at the start of the haystack (`^` without multi-line, on every branch).
+fn starts_at_start(pattern: &str) -> bool {
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .is_ok_and(|h| {
+            h.properties()
+                .look_set_prefix()
+                .contains(regex_syntax::hir::Look::Start)
+        })
 }
 
 /// Results of one pattern by the *shape* of the text: the text with every
@@ -3198,6 +3274,48 @@ mod tests {
             outer_hits > 100,
             "{outer_hits} answers from the outer cache"
         );
+    }
+
+    /// The anchored DFA finds the match the general search finds, and is
+    /// made only for patterns whose matches all start at the start.
+    #[test]
+    fn the_anchored_dfa_finds_what_the_search_finds() {
+        let anchored = [
+            r"^(?:\S+\s+)?(?:(?:\[\d+\])?:\s+sshd(?:\[\d+\])?:?\s+)?.",
+            r"^(?:a|ab)(?:c|bcd)?\b",
+            r"^x*$",
+        ];
+        let hays = [
+            "",
+            "a",
+            "ab",
+            "abcd",
+            "abc",
+            "abx",
+            "host sshd[12]: msg",
+            " sshd: m",
+            "x",
+            "xxx",
+            "xxxy",
+            "é",
+            "ab\n",
+            "host: sshd[1] x",
+        ];
+        for p in anchored {
+            let re = FastRegex::new(p, p).unwrap();
+            assert!(re.anchored.is_some(), "{p}");
+            let mut slots = Slots::default();
+            for hay in hays {
+                assert_eq!(
+                    re.find_at_with(1, hay, 0, &mut slots),
+                    re.find_at(hay, 0),
+                    "{p:?} on {hay:?}"
+                );
+            }
+        }
+        for p in [r"a^|^b", r"(?m)^a", r"\bab", r"x*"] {
+            assert!(FastRegex::new(p, p).unwrap().anchored.is_none(), "{p}");
+        }
     }
 
     /// Entries survive the turnover of generations (those still looked up
