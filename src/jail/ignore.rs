@@ -20,8 +20,43 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Parses a captured address (`[2001:db8::1]`, `::ffff:1.2.3.4`, `192.0.2.1`).
 pub fn parse_addr(text: &str) -> Option<IpAddr> {
+    if let Some(v4) = plain_ipv4(text.as_bytes()) {
+        return Some(IpAddr::V4(v4));
+    }
     let t = text.trim().trim_start_matches('[').trim_end_matches(']');
     t.parse::<IpAddr>().ok().map(canonical)
+}
+
+/// A dotted quad exactly as the standard parser accepts one (four decimal
+/// octets of one to three digits, at most 255, no leading zero), read
+/// without its general machinery: nearly every failure's address is one.
+/// None for anything else, which the standard parser then decides.
+fn plain_ipv4(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v: u32 = 0;
+        while i - start < 3 {
+            match b.get(i) {
+                Some(d) if d.is_ascii_digit() => v = v * 10 + u32::from(d - b'0'),
+                _ => break,
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && b[start] == b'0') {
+            return None;
+        }
+        *octet = u8::try_from(v).ok()?;
+    }
+    (i == b.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +212,77 @@ pub fn own_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dotted-quad shortcut accepts exactly what the standard parser
+    /// accepts, with the same value.
+    #[test]
+    fn plain_ipv4_agrees_with_the_standard_parser() {
+        let mut texts: Vec<String> = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1234.1.1.1",
+            "1.2.3.4x",
+            "",
+            ".",
+            "1.2.3.",
+            "10.0.0.00",
+            "192.168.1.1",
+            "::1",
+            "1.2.3.999",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut seed: u32 = 7;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let pick = |s: u32| {
+                [
+                    "0", "1", "9", "25", "255", "256", "00", "012", "99", "300", "1000", "",
+                ][(s >> 8) as usize % 12]
+            };
+            texts.push(format!(
+                "{}.{}.{}.{}",
+                pick(seed),
+                pick(seed >> 3),
+                pick(seed >> 6),
+                pick(seed >> 9)
+            ));
+        }
+        for t in &texts {
+            assert_eq!(
+                plain_ipv4(t.as_bytes()),
+                t.parse::<std::net::Ipv4Addr>().ok(),
+                "{t:?}"
+            );
+        }
+        assert_eq!(parse_addr("[::ffff:1.2.3.4]"), "1.2.3.4".parse().ok());
+    }
+
+    /// Keys are written as the standard formatter writes them.
+    #[test]
+    fn key_text_writes_addresses_as_the_formatter_does() {
+        for a in (0..=255u8).step_by(3) {
+            for b in [0u8, 7, 10, 99, 100, 255] {
+                let ip = std::net::Ipv4Addr::new(a, b, 255 - a, b / 2);
+                let key = ipnet::IpNet::from(IpAddr::V4(ip));
+                assert_eq!(crate::jail::key_text(&key), ip.to_string());
+            }
+        }
+        let net: ipnet::IpNet = "2001:db8::/64".parse().unwrap();
+        assert_eq!(crate::jail::key_text(&net), "2001:db8::/64");
+        let v6: ipnet::IpNet = "2001:db8::1/128".parse().unwrap();
+        assert_eq!(crate::jail::key_text(&v6), "2001:db8::1");
+    }
 
     #[test]
     fn lists() {

@@ -386,10 +386,27 @@ pub fn ban_key(ip: IpAddr, ipv6prefix: u8) -> IpNet {
 
 /// `192.0.2.1`, `2001:db8::1`, or `2001:db8::/64` for a prefix.
 pub fn key_text(key: &IpNet) -> String {
-    if key.prefix_len() == key.max_prefix_len() {
-        key.addr().to_string()
-    } else {
-        key.to_string()
+    match key {
+        // the usual key, written digit by digit (a formatter per octet
+        // cost more than the rest of counting the failure)
+        IpNet::V4(n) if n.prefix_len() == 32 => {
+            let mut out = String::with_capacity(15);
+            for (k, o) in n.addr().octets().into_iter().enumerate() {
+                if k > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+            out
+        }
+        _ if key.prefix_len() == key.max_prefix_len() => key.addr().to_string(),
+        _ => key.to_string(),
     }
 }
 
