@@ -781,17 +781,18 @@ struct RepeatMemo {
     whole_line: bool,
     /// Position in the template order of the template that matched.
     pos: usize,
+    /// The answer; None when nothing is remembered.
     found: Option<DateMatch>,
-    valid: bool,
 }
 
 impl RepeatMemo {
-    fn answers(&self, line: &str) -> bool {
+    /// The remembered answer, if it is `line`'s.
+    fn answer(&self, line: &str) -> Option<DateMatch> {
         let b = line.as_bytes();
-        self.valid
-            && b.starts_with(&self.key)
+        let fits = b.starts_with(&self.key)
             && (!self.whole_line || b.len() == self.key.len())
-            && b[..b.len().min(SYSLOG_WINDOW)].is_ascii()
+            && b[..b.len().min(SYSLOG_WINDOW)].is_ascii();
+        self.found.filter(|_| fits)
     }
 
     fn remember(&mut self, line: &str, pos: usize, found: DateMatch) {
@@ -802,7 +803,6 @@ impl RepeatMemo {
         self.whole_line = b.len() < reach;
         self.pos = pos;
         self.found = Some(found);
-        self.valid = true;
     }
 }
 
@@ -1477,24 +1477,20 @@ impl DateState {
         if det.templates.is_empty() {
             return None;
         }
-        if self.repeat.answers(line) && self.last_idx == Some(self.repeat.pos) {
-            if let Some(found) = self.repeat.found {
-                // what the template at `last_idx` answers first, and wins
-                let i = self.repeat.pos;
-                self.repeated = true;
-                self.template_hits[found.template] += 1;
-                let slot = &mut self.order[i];
-                slot.hits += 1;
-                slot.last_used = wall_clock();
-                self.hits[found.template] += 1;
-                if self.first_unused == i {
-                    self.first_unused += 1;
-                }
-                return Some(found);
-            }
+        if let Some(found) = self
+            .repeat
+            .answer(line)
+            .filter(|_| self.last_idx == Some(self.repeat.pos))
+        {
+            // what the template at `last_idx` answers first, and wins (at
+            // the same place: the rest of the winner's state stays)
+            self.repeated = true;
+            self.template_hits[found.template] += 1;
+            self.count_win(self.repeat.pos);
+            return Some(found);
         }
         self.repeated = false;
-        self.repeat.valid = false;
+        self.repeat.found = None;
         let n = self.order.len();
         let mut found: Option<(usize, usize, usize, usize, usize, usize)> = None; // (start,end,gstart,gend,range end,pos)
         let mut ignore_by_search = usize::MAX;
@@ -1560,16 +1556,8 @@ impl DateState {
             }
         }
         let (s, e, gs, ge, range_end, mut i) = winner?;
-        let now = wall_clock();
-        let slot = &mut self.order[i];
-        slot.hits += 1;
-        slot.last_used = now;
-        slot.distance = s;
-        self.hits[slot.template] += 1;
-        let template = slot.template;
-        if self.first_unused == i {
-            self.first_unused += 1;
-        }
+        let template = self.count_win(i);
+        self.order[i].distance = s;
         self.last_pos = (s, char_before(line, s), char_at(line, s));
         self.last_end = (e, char_before(line, e), char_at(line, e));
         if i > 0 && Some(i) != self.last_idx {
@@ -1593,6 +1581,19 @@ impl DateState {
             self.repeat.remember(line, i, found);
         }
         Some(found)
+    }
+
+    /// Counts a win of the template at `i` in the order; returns the template.
+    fn count_win(&mut self, i: usize) -> usize {
+        let slot = &mut self.order[i];
+        slot.hits += 1;
+        slot.last_used = wall_clock();
+        self.hits[slot.template] += 1;
+        let template = slot.template;
+        if self.first_unused == i {
+            self.first_unused += 1;
+        }
+        template
     }
 
     fn reorder(&mut self, det: &DateDetector, num: usize) -> usize {
@@ -1779,9 +1780,6 @@ mod tests {
         assert!(parse_time_zone("Europe/Nowhere").is_err());
     }
 
-    /// The hand-written syslog matcher must give exactly the regex's
-    /// match (or no answer) on every text, including the ones that make the
-    /// regex backtrack.
     /// Lines that start like the one before them are answered from the
     /// repeat memo, with what the matchers would have found: the same
     /// spans, time and template hits as a detector that never remembers.
@@ -1824,7 +1822,7 @@ mod tests {
                         fresh.get_time(&det, l, &m, now);
                     }
                 }
-                fresh.repeat.valid = false;
+                fresh.repeat.found = None;
                 let m = fresh.match_time(&det, line);
                 assert!(!fresh.repeated);
                 let want = m.map(|m| (m.start, m.end, fresh.get_time(&det, line, &m, now)));
@@ -1838,6 +1836,9 @@ mod tests {
         }
     }
 
+    /// The hand-written syslog matcher must give exactly the regex's
+    /// match (or no answer) on every text, including the ones that make the
+    /// regex backtrack.
     #[test]
     fn syslog_fast_path_agrees_with_the_regex() {
         let det = DateDetector::from_datepattern("{^LN-BEG}").unwrap();

@@ -2263,10 +2263,9 @@ impl FastRegex {
                 let cache = slots.dfa_cache(id, dfa);
                 let input = regex_automata::Input::new(hay.as_bytes())
                     .anchored(regex_automata::Anchored::Yes);
-                match dfa.try_search_fwd(cache, &input) {
-                    Ok(found) => return found.map(|m| (0, m.offset())),
-                    // the cache thrashed: the general search decides
-                    Err(_) => {}
+                // an error (the cache thrashed): the general search decides
+                if let Ok(found) = dfa.try_search_fwd(cache, &input) {
+                    return found.map(|m| (0, m.offset()));
                 }
             }
         }

@@ -982,3 +982,24 @@ impl Jail {
         self.actions.send(ActionEvent::Stop);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys are written as the standard formatter writes them.
+    #[test]
+    fn key_text_writes_addresses_as_the_formatter_does() {
+        for a in (0..=255u8).step_by(3) {
+            for b in [0u8, 7, 10, 99, 100, 255] {
+                let ip = std::net::Ipv4Addr::new(a, b, 255 - a, b / 2);
+                let key = IpNet::from(std::net::IpAddr::V4(ip));
+                assert_eq!(key_text(&key), ip.to_string());
+            }
+        }
+        let net: IpNet = "2001:db8::/64".parse().unwrap();
+        assert_eq!(key_text(&net), "2001:db8::/64");
+        let v6: IpNet = "2001:db8::1/128".parse().unwrap();
+        assert_eq!(key_text(&v6), "2001:db8::1");
+    }
+}
