@@ -783,19 +783,47 @@ struct RepeatMemo {
     pos: usize,
     /// The answer; None when nothing is remembered.
     found: Option<DateMatch>,
+    /// Where the two digits of the seconds are, if they are two: other
+    /// seconds there (`[0-5]\d`) take the same way through the matcher.
+    seconds: Option<usize>,
 }
 
 impl RepeatMemo {
-    /// The remembered answer, if it is `line`'s.
-    fn answer(&self, line: &str) -> Option<DateMatch> {
+    /// The remembered answer, if it is `line`'s, and whether the line
+    /// starts exactly as the remembered one (else only its seconds differ).
+    fn answer(&self, line: &str) -> Option<(DateMatch, bool)> {
         let b = line.as_bytes();
-        let fits = b.starts_with(&self.key)
-            && (!self.whole_line || b.len() == self.key.len())
-            && b[..b.len().min(SYSLOG_WINDOW)].is_ascii();
-        self.found.filter(|_| fits)
+        let k = &self.key;
+        let fits =
+            (!self.whole_line || b.len() == k.len()) && b[..b.len().min(SYSLOG_WINDOW)].is_ascii();
+        if !fits || b.len() < k.len() {
+            return None;
+        }
+        if b.starts_with(k) {
+            return self.found.map(|f| (f, true));
+        }
+        let s = self.seconds?;
+        let other_seconds = b[..s] == k[..s]
+            && b[s + 2..k.len()] == k[s + 2..]
+            && (b'0'..=b'5').contains(&b[s])
+            && b[s + 1].is_ascii_digit();
+        self.found.filter(|_| other_seconds).map(|f| (f, false))
     }
 
-    fn remember(&mut self, line: &str, pos: usize, found: DateMatch) {
+    /// Makes the key `line`'s, whose start differs only in the seconds.
+    fn take_seconds(&mut self, line: &str) {
+        if let Some(s) = self.seconds {
+            self.key[s..s + 2].copy_from_slice(&line.as_bytes()[s..s + 2]);
+        }
+    }
+
+    fn remember(
+        &mut self,
+        line: &str,
+        pos: usize,
+        found: DateMatch,
+        seconds: Option<(usize, usize)>,
+    ) {
         let b = line.as_bytes();
         let reach = SyslogStart::depends_on(found.match_end);
         self.key.clear();
@@ -803,6 +831,9 @@ impl RepeatMemo {
         self.whole_line = b.len() < reach;
         self.pos = pos;
         self.found = Some(found);
+        self.seconds = seconds
+            .filter(|&(s, e)| e == s + 2 && e <= self.key.len())
+            .map(|(s, _)| s);
     }
 }
 
@@ -1170,6 +1201,9 @@ fn name_index(names: &[&str], v: &str) -> Option<usize> {
 
 /// Fail2Ban's `reGroupDictStrptime`: epoch seconds from the directive
 /// groups, `None` where Python raises (impossible dates, unknown zones).
+/// The epoch time of the fields in `slots`, and where the seconds field
+/// is when the time is linear in it over the whole minute (`seconds`: its
+/// group; see [`TimeMemo::seconds`]).
 fn strptime(
     text: &str,
     slots: &Slots,
@@ -1177,7 +1211,7 @@ fn strptime(
     default_tz: Option<i32>,
     now: f64,
     clock: &mut LocalClock,
-) -> Option<f64> {
+) -> Option<(f64, Option<usize>)> {
     let mut year: Option<i32> = None;
     let mut month: Option<u32> = None;
     let mut day: Option<u32> = None;
@@ -1274,16 +1308,36 @@ fn strptime(
     if let Some(off) = tzoffset {
         result -= Duration::minutes(i64::from(off));
     }
-    if assume_today && result > now_local {
-        result -= Duration::days(1);
+    // the same decisions for every second of this minute: then another
+    // second of it is this time moved by the difference
+    let minute_start = result - Duration::seconds(i64::from(second));
+    let minute_end = minute_start + Duration::seconds(59);
+    let mut same_all_minute = true;
+    if assume_today {
+        same_all_minute &= (minute_start > now_local) == (minute_end > now_local);
+        if result > now_local {
+            result -= Duration::days(1);
+        }
     }
-    if assume_year && result > now_local + Duration::days(1) {
-        result = NaiveDate::from_ymd_opt(year - 1, month, day)?.and_time(result.time());
+    if assume_year {
+        let limit = now_local + Duration::days(1);
+        same_all_minute &= (minute_start > limit) == (minute_end > limit);
+        if result > limit {
+            result = NaiveDate::from_ymd_opt(year - 1, month, day)?.and_time(result.time());
+        }
     }
-    match tzoffset {
-        Some(_) => Some(result.and_utc().timestamp() as f64),
-        None => clock.to_epoch(result).map(|e| e as f64),
-    }
+    let seconds = fields
+        .iter()
+        .filter(|(f, _)| *f == Field::S)
+        .map(|&(_, g)| g)
+        .next()
+        .filter(|_| same_all_minute && fields.iter().filter(|(f, _)| *f == Field::S).count() == 1);
+    let time = match tzoffset {
+        Some(_) => result.and_utc().timestamp() as f64,
+        // linear within the hour too (see `LocalClock::to_epoch`)
+        None => clock.to_epoch(result)? as f64,
+    };
+    Some((time, seconds))
 }
 
 /// Python's `_calc_julian_from_U_or_W`.
@@ -1330,6 +1384,13 @@ struct TimeMemo {
     now: i64,
     time: Option<f64>,
     valid: bool,
+    /// Where the seconds are in `text` (start, end, group) and their value,
+    /// when `strptime` found the time linear in them over the whole minute:
+    /// a date that differs only there, with every field at the same place,
+    /// is this time moved by the difference in seconds.
+    seconds: Option<(usize, usize, usize, u32)>,
+    /// The spans of the template's fields in `text` (with `seconds`).
+    fields: Vec<Option<(usize, usize)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -1360,7 +1421,8 @@ pub struct DateState {
     slots_for: Option<(usize, usize)>,
     memo: TimeMemo,
     repeat: RepeatMemo,
-    /// The last `match_time` answered from `repeat`.
+    /// The last `match_time` answered from `repeat`, for a line that
+    /// starts exactly as the remembered one.
     repeated: bool,
     /// The last `try_template` was answered by the syslog matcher.
     fast_answered: bool,
@@ -1477,14 +1539,18 @@ impl DateState {
         if det.templates.is_empty() {
             return None;
         }
-        if let Some(found) = self
+        if let Some((found, exact)) = self
             .repeat
             .answer(line)
             .filter(|_| self.last_idx == Some(self.repeat.pos))
         {
             // what the template at `last_idx` answers first, and wins (at
-            // the same place: the rest of the winner's state stays)
-            self.repeated = true;
+            // the same place: the rest of the winner's state stays, and so
+            // do its groups' spans)
+            self.repeated = exact;
+            if !exact {
+                self.repeat.take_seconds(line);
+            }
             self.template_hits[found.template] += 1;
             self.count_win(self.repeat.pos);
             return Some(found);
@@ -1578,7 +1644,11 @@ impl DateState {
             && self.slots_for == Some((template, s))
             && det.templates[template].is_anchored()
         {
-            self.repeat.remember(line, i, found);
+            let seconds = det.templates[template]
+                .fast
+                .as_ref()
+                .and_then(|f| self.slots.get(f.second));
+            self.repeat.remember(line, i, found, seconds);
         }
         Some(found)
     }
@@ -1649,6 +1719,20 @@ impl DateState {
         {
             return memo.time;
         }
+        if memo.valid && memo.template == m.template && memo.now == now_sec && memo.around == around
+        {
+            if let Some((time, seconds)) = self.seconds_moved(det, line, m) {
+                let memo = &mut self.memo;
+                memo.text.clear();
+                memo.text.push_str(text);
+                memo.time = Some(time);
+                if let Some(s) = &mut memo.seconds {
+                    s.3 = seconds;
+                }
+                return memo.time;
+            }
+        }
+        self.memo.seconds = None;
         let time = self.convert(det, line, m, now);
         let memo = &mut self.memo;
         memo.template = m.template;
@@ -1659,6 +1743,40 @@ impl DateState {
         memo.time = time;
         memo.valid = true;
         time
+    }
+
+    /// The memo's time moved to this line's seconds (and these seconds),
+    /// if this line's date differs from the memo's only there (see
+    /// [`TimeMemo::seconds`]).
+    fn seconds_moved(&self, det: &DateDetector, line: &str, m: &DateMatch) -> Option<(f64, u32)> {
+        let memo = &self.memo;
+        let (rs, re, g, old) = memo.seconds?;
+        let Kind::Pattern { fields } = &det.templates[m.template].kind else {
+            return None;
+        };
+        // this line's groups are in the slots (the template just matched it)
+        if self.slots_for != Some((m.template, m.match_start)) {
+            return None;
+        }
+        let text = line[m.match_start..m.match_end].as_bytes();
+        let was = memo.text.as_bytes();
+        let same_fields = fields.len() == memo.fields.len()
+            && fields.iter().zip(&memo.fields).all(|(&(_, fg), &span)| {
+                self.slots
+                    .get(fg)
+                    .map(|(a, b)| (a - m.match_start, b - m.match_start))
+                    == span
+            });
+        if !same_fields
+            || text.len() != was.len()
+            || text[..rs] != was[..rs]
+            || text[re..] != was[re..]
+        {
+            return None;
+        }
+        let (a, b) = self.slots.get(g)?;
+        let new = line[a..b].trim().parse::<u32>().ok().filter(|&v| v <= 59)?;
+        Some((memo.time? - f64::from(old) + f64::from(new), new))
     }
 
     fn convert(&mut self, det: &DateDetector, line: &str, m: &DateMatch, now: f64) -> Option<f64> {
@@ -1673,14 +1791,30 @@ impl DateState {
             self.slots_for = Some((m.template, m.match_start));
         }
         match &tmpl.kind {
-            Kind::Pattern { fields } => strptime(
-                line,
-                &self.slots,
-                fields,
-                det.default_tz,
-                now,
-                &mut self.clock,
-            ),
+            Kind::Pattern { fields } => {
+                let (time, seconds) = strptime(
+                    line,
+                    &self.slots,
+                    fields,
+                    det.default_tz,
+                    now,
+                    &mut self.clock,
+                )?;
+                if let Some(g) = seconds {
+                    let memo = &mut self.memo;
+                    memo.fields.clear();
+                    memo.fields.extend(fields.iter().map(|&(_, g)| {
+                        self.slots
+                            .get(g)
+                            .map(|(a, b)| (a - m.match_start, b - m.match_start))
+                    }));
+                    memo.seconds = self.slots.get(g).and_then(|(a, b)| {
+                        let v = line[a..b].trim().parse::<u32>().ok()?;
+                        Some((a - m.match_start, b - m.match_start, g, v))
+                    });
+                }
+                Some(time)
+            }
             Kind::Epoch { long, group } => {
                 let v = self.slots.text(line, *group)?;
                 let f: f64 = v.parse().ok()?;
@@ -1803,6 +1937,26 @@ mod tests {
             "Mar  1 00:00:01 srv01 x",
             "Tue Mar  1 00:00:01 srv01 x",
             "Tue Mar  1 00:00:01 srv01 x",
+            "Tue Mar  1 00:00:09 srv01 x",
+            "Tue Mar  1 00:00:59 srv01 y",
+            "Tue Mar  1 00:00:60 srv01 y",
+            "Tue Mar  1 00:00:61 srv01 y",
+            "Tue Mar  1 00:00:62 srv01 y",
+            "Tue Mar  1 00:00:5x srv01 y",
+            "Tue Mar  1 00:00:55 srv01 y",
+            "Tue Mar  1 00:00:55 srv01 y",
+            "Tue Mar  1 00:00:5x srv01 y",
+            "Tue Mar  1 00:00:55 srv01 y",
+            "Tue Mar  1 00:00:65 srv01 y",
+            "Tue Mar  1 00:00:55 srv01 y",
+            "Tue Mar  1 00:01:55 srv01 y",
+            "Tue Mar  1 00:00:56",
+            "Tue Mar  1 00:00:57",
+            "Tue Mar  1 00:00:58 2025 z",
+            "Tue Mar  1 00:00:59 2025 z",
+            "Tue Mar  1 00:00:00.5 z",
+            "Tue Mar  1 00:00:01.5 z",
+            "Tue Mar  1 00:00:02.5 z",
         ];
         for pattern in [None, Some("{^LN-BEG}")] {
             let det = match pattern {
@@ -1834,6 +1988,89 @@ mod tests {
                 "{pattern:?}: {repeats} lines answered from the memo"
             );
         }
+    }
+
+    /// A date that differs from the last one only in its seconds is the
+    /// last time moved by the difference, and gets what converting it
+    /// afresh gives, also where a minute straddles the clock (a time of
+    /// day is today's only up to now) or the year inference's limit (a
+    /// date more than a day ahead is last year's).
+    #[test]
+    fn dates_that_differ_in_their_seconds_convert_as_afresh() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let now = 1_700_000_030.5; // 30.5 s into its minute
+        let local = local_naive(now);
+        let tomorrow = local + Duration::days(1);
+        let formats = [
+            ("{^LN-BEG}", "%b %e %H:%M:%S"),
+            ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S"),
+            ("%d/%b %H:%M:%S", "%d/%b %H:%M:%S"),
+            ("%H:%M:%S", "%H:%M:%S"),
+            ("%S-%M-%H %d.%m.%Y", "%S-%M-%H %d.%m.%Y"),
+            ("%H:%M:%S %z", "%H:%M:%S +0130"),
+        ];
+        let mut moved = 0;
+        for (pattern, format) in formats {
+            let det = DateDetector::from_datepattern(pattern).unwrap();
+            let mut remembering = DateState::new(&det);
+            for _ in 0..3000 {
+                // now's minute (straddles the clock), tomorrow's (straddles
+                // the year limit) or another
+                let base = match next(3) {
+                    0 => local,
+                    1 => tomorrow,
+                    _ => local - Duration::minutes(next(5000) as i64),
+                };
+                let t = base.with_second(next(62) as u32 % 60).unwrap();
+                let line = format!("{} host app: x", t.format(format));
+                let m = remembering.match_time(&det, &line);
+                moved += usize::from(m.is_some_and(|m| {
+                    remembering.memo.valid && remembering.seconds_moved(&det, &line, &m).is_some()
+                }));
+                let got = m.and_then(|m| remembering.get_time(&det, &line, &m, now));
+                let mut fresh = DateState::new(&det);
+                let want = fresh
+                    .match_time(&det, &line)
+                    .and_then(|m| fresh.get_time(&det, &line, &m, now));
+                assert_eq!(got, want, "{pattern}: {line}");
+                assert!(got.is_some(), "{pattern}: {line}");
+            }
+        }
+        assert!(moved > 1000, "{moved} dates after a linear one");
+    }
+
+    /// The seconds shortcut is taken within a minute, and not across one,
+    /// nor in a minute that straddles the clock for a time of day.
+    #[test]
+    fn the_seconds_shortcut_is_taken_only_within_a_linear_minute() {
+        let now = utc(2024, 5, 10, 12, 30, 30) + 0.5;
+        let at = |det: &DateDetector, st: &mut DateState, line: &str| {
+            let m = st.match_time(det, line).unwrap();
+            let moved = st.memo.valid && st.seconds_moved(det, line, &m).is_some();
+            (moved, st.get_time(det, line, &m, now).unwrap())
+        };
+        let det = DateDetector::from_datepattern("%Y-%m-%d %H:%M:%S").unwrap();
+        let mut st = DateState::new(&det);
+        at(&det, &mut st, "2024-05-10 10:00:07 a");
+        assert!(st.memo.seconds.is_some());
+        let first = st.memo.time.unwrap();
+        assert_eq!(at(&det, &mut st, "2024-05-10 10:00:59 a").0, true);
+        assert_eq!(st.memo.time, Some(first + 52.0));
+        assert_eq!(at(&det, &mut st, "2024-05-10 10:01:00 a").0, false);
+        // a time of day in the clock's minute: seconds past now are yesterday's
+        let det = DateDetector::from_datepattern("%H:%M:%S").unwrap();
+        let mut st = DateState::new(&det);
+        let clock = local_naive(now);
+        let line = |s: u32| format!("{} a", clock.with_second(s).unwrap().format("%H:%M:%S"));
+        at(&det, &mut st, &line(10));
+        assert!(st.memo.seconds.is_none());
+        assert_eq!(at(&det, &mut st, &line(50)).0, false);
     }
 
     /// The hand-written syslog matcher must give exactly the regex's
