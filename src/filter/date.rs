@@ -1326,12 +1326,15 @@ fn strptime(
             result = NaiveDate::from_ymd_opt(year - 1, month, day)?.and_time(result.time());
         }
     }
-    let seconds = fields
+    // (one seconds field: with two, the last one read counts)
+    let mut seconds_fields = fields
         .iter()
         .filter(|(f, _)| *f == Field::S)
-        .map(|&(_, g)| g)
-        .next()
-        .filter(|_| same_all_minute && fields.iter().filter(|(f, _)| *f == Field::S).count() == 1);
+        .map(|&(_, g)| g);
+    let seconds = match (seconds_fields.next(), seconds_fields.next()) {
+        (Some(g), None) if same_all_minute => Some(g),
+        _ => None,
+    };
     let time = match tzoffset {
         Some(_) => result.and_utc().timestamp() as f64,
         // linear within the hour too (see `LocalClock::to_epoch`)
@@ -1705,11 +1708,17 @@ impl DateState {
     ) -> Option<f64> {
         let now_sec = now.floor() as i64;
         let memo = &self.memo;
-        if self.repeated && memo.valid && memo.template == m.template && memo.now == now_sec {
-            // the same text in the same context (see `RepeatMemo`)
+        let text = &line[m.match_start..m.match_end];
+        if self.repeated
+            && memo.valid
+            && memo.template == m.template
+            && memo.now == now_sec
+            && memo.text == text
+        {
+            // the same text in the same context: the repeat memo's line
+            // start covers the characters around the match
             return memo.time;
         }
-        let text = &line[m.match_start..m.match_end];
         let around = (char_before(line, m.match_start), char_at(line, m.match_end));
         if memo.valid
             && memo.template == m.template
@@ -1758,7 +1767,7 @@ impl DateState {
         if self.slots_for != Some((m.template, m.match_start)) {
             return None;
         }
-        let text = line[m.match_start..m.match_end].as_bytes();
+        let text = &line.as_bytes()[m.match_start..m.match_end];
         let was = memo.text.as_bytes();
         let same_fields = fields.len() == memo.fields.len()
             && fields.iter().zip(&memo.fields).all(|(&(_, fg), &span)| {
@@ -2043,6 +2052,26 @@ mod tests {
             }
         }
         assert!(moved > 1000, "{moved} dates after a linear one");
+    }
+
+    /// A line whose date was matched but not converted leaves the time
+    /// memo as it was: the next line still gets its own time.
+    #[test]
+    fn a_date_matched_but_not_converted_does_not_mislead_the_memo() {
+        let now = 1_700_000_000.0;
+        let det = DateDetector::from_datepattern("{^LN-BEG}").unwrap();
+        let mut st = DateState::new(&det);
+        let time = |st: &mut DateState, line: &str| {
+            let m = st.match_time(&det, line).unwrap();
+            st.get_time(&det, line, &m, now)
+        };
+        let a = time(&mut st, "Mar  1 00:00:07 srv01 x").unwrap();
+        // matched only (as for a line whose date is empty)
+        st.match_time(&det, "Mar  1 00:00:09 srv01 x").unwrap();
+        assert_eq!(time(&mut st, "Mar  1 00:00:09 srv01 y"), Some(a + 2.0));
+        st.match_time(&det, "Mar  1 00:00:11 srv01 x").unwrap();
+        assert_eq!(time(&mut st, "Mar  1 00:00:09 srv01 y"), Some(a + 2.0));
+        assert_eq!(time(&mut st, "Mar  1 00:00:07 srv01 y"), Some(a));
     }
 
     /// The seconds shortcut is taken within a minute, and not across one,
