@@ -686,7 +686,8 @@ pub struct FilterState {
     /// The prefregex's groups of the current line (reused buffer).
     pre_groups: Groups,
     slots: Slots,
-    candidates: Vec<bool>,
+    /// Indices of the failregexes the prefilter let through.
+    candidates: Vec<usize>,
     pub info: LineInfo,
     /// Lines whose backtracking search hit its limit (counted, not fatal).
     pub regex_errors: u64,
@@ -1036,10 +1037,16 @@ impl FilterState {
         let mut hay_valid = true;
         // single-line mode: set once a failure consumed the line
         let mut single_cleared = false;
-        for (idx, fr) in filter.failregex.iter().enumerate() {
-            if filter.prefilter.is_some() && !self.candidates.get(idx).copied().unwrap_or(true) {
-                continue;
-            }
+        // the candidates in order, or every failregex
+        let mut next = 0;
+        loop {
+            let idx = match &filter.prefilter {
+                Some(_) => self.candidates.get(next).copied(),
+                None => (next < filter.failregex.len()).then_some(next),
+            };
+            let Some(idx) = idx else { break };
+            next += 1;
+            let fr = &filter.failregex[idx];
             if !hay_valid {
                 // the buffer changed: search what is left of it
                 if multi {

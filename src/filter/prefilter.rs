@@ -139,7 +139,6 @@ pub struct Prefilter {
     owners: Vec<Vec<usize>>,
     /// Regexes without a usable requirement: always candidates.
     always: Vec<usize>,
-    regexes: usize,
 }
 
 impl Prefilter {
@@ -197,38 +196,33 @@ impl Prefilter {
             ac,
             owners,
             always,
-            regexes: patterns.len(),
         })
     }
 
-    /// Marks in `out` (one flag per regex) which regexes may match `hay`.
-    /// Returns whether any may.
-    pub fn candidates(&self, hay: &str, out: &mut Vec<bool>) -> bool {
+    /// Puts in `out` the indices of the regexes that may match `hay`, in
+    /// ascending order. Returns whether any may.
+    pub fn candidates(&self, hay: &str, out: &mut Vec<usize>) -> bool {
         out.clear();
-        out.resize(self.regexes, false);
-        let mut any = false;
-        for &i in &self.always {
-            out[i] = true;
-            any = true;
-        }
+        out.extend_from_slice(&self.always);
         let bytes = hay.as_bytes();
         if let Some(&first) = bytes.first() {
-            for (i, p) in &self.anchored[usize::from(first)] {
-                if !out[*i] && bytes.starts_with(p) {
-                    out[*i] = true;
-                    any = true;
-                }
-            }
+            out.extend(
+                self.anchored[usize::from(first)]
+                    .iter()
+                    .filter(|(_, p)| bytes.starts_with(p))
+                    .map(|(i, _)| *i),
+            );
         }
         if let Some(ac) = &self.ac {
             for m in ac.find_overlapping_iter(hay) {
-                for &i in &self.owners[m.pattern().as_usize()] {
-                    out[i] = true;
-                    any = true;
-                }
+                out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
             }
         }
-        any
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        !out.is_empty()
     }
 }
 
@@ -246,9 +240,9 @@ mod tests {
         let pf = Prefilter::new(&pats).unwrap();
         let mut out = Vec::new();
         assert!(pf.candidates("Failed password for x from 1", &mut out));
-        assert_eq!(out, [true, false, true]);
+        assert_eq!(out, [0, 2]);
         pf.candidates("Illegal user bob", &mut out);
-        assert_eq!(out, [false, true, true]);
+        assert_eq!(out, [1, 2]);
         let only = Prefilter::new(&[r"^Accepted (?P<x>\w+)"]).unwrap();
         assert!(!only.candidates("session opened", &mut out));
         assert!(
@@ -260,5 +254,25 @@ mod tests {
         assert!(ci.candidates("authentication error", &mut out));
         assert!(!ci.candidates("Authorization", &mut out));
         assert!(Prefilter::new(&[r"(?i)abc"]).is_none());
+    }
+
+    /// Candidates come in the failregexes' order, each once, whichever
+    /// part of the prefilter let them through (Fail2Ban tries failregexes
+    /// in order and the first match wins).
+    #[test]
+    fn candidates_come_in_order_and_once() {
+        let pats = [
+            r"from (?P<h>\S+)",
+            r"^Failed (?:password|publickey)",
+            r"(?i)x",
+            r"^Failed",
+            r"(?:from|port) \d+",
+        ];
+        let pf = Prefilter::new(&pats).unwrap();
+        let mut out = Vec::new();
+        assert!(pf.candidates("Failed password from 10.0.0.1 port 22", &mut out));
+        assert_eq!(out, [0, 1, 2, 3, 4]);
+        assert!(pf.candidates("Failed none", &mut out));
+        assert_eq!(out, [2, 3]);
     }
 }
