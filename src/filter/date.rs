@@ -1201,6 +1201,11 @@ fn name_index(names: &[&str], v: &str) -> Option<usize> {
 
 /// Fail2Ban's `reGroupDictStrptime`: epoch seconds from the directive
 /// groups, `None` where Python raises (impossible dates, unknown zones).
+/// The span of `group` in `slots`, from `base` on.
+fn span_from(slots: &Slots, group: usize, base: usize) -> Option<(usize, usize)> {
+    slots.get(group).map(|(a, b)| (a - base, b - base))
+}
+
 /// The epoch time of the fields in `slots`, and where the seconds field
 /// is when the time is linear in it over the whole minute (`seconds`: its
 /// group; see [`TimeMemo::seconds`]).
@@ -1310,18 +1315,20 @@ fn strptime(
     }
     // the same decisions for every second of this minute: then another
     // second of it is this time moved by the difference
-    let minute_start = result - Duration::seconds(i64::from(second));
-    let minute_end = minute_start + Duration::seconds(59);
     let mut same_all_minute = true;
+    let mut same_either_side = |t: NaiveDateTime, limit: NaiveDateTime| {
+        let first = t - Duration::seconds(i64::from(second));
+        same_all_minute &= (first > limit) == (first + Duration::seconds(59) > limit);
+    };
     if assume_today {
-        same_all_minute &= (minute_start > now_local) == (minute_end > now_local);
+        same_either_side(result, now_local);
         if result > now_local {
             result -= Duration::days(1);
         }
     }
     if assume_year {
         let limit = now_local + Duration::days(1);
-        same_all_minute &= (minute_start > limit) == (minute_end > limit);
+        same_either_side(result, limit);
         if result > limit {
             result = NaiveDate::from_ymd_opt(year - 1, month, day)?.and_time(result.time());
         }
@@ -1770,12 +1777,10 @@ impl DateState {
         let text = &line.as_bytes()[m.match_start..m.match_end];
         let was = memo.text.as_bytes();
         let same_fields = fields.len() == memo.fields.len()
-            && fields.iter().zip(&memo.fields).all(|(&(_, fg), &span)| {
-                self.slots
-                    .get(fg)
-                    .map(|(a, b)| (a - m.match_start, b - m.match_start))
-                    == span
-            });
+            && fields
+                .iter()
+                .zip(&memo.fields)
+                .all(|(&(_, fg), &span)| span_from(&self.slots, fg, m.match_start) == span);
         if !same_fields
             || text.len() != was.len()
             || text[..rs] != was[..rs]
@@ -1812,14 +1817,14 @@ impl DateState {
                 if let Some(g) = seconds {
                     let memo = &mut self.memo;
                     memo.fields.clear();
-                    memo.fields.extend(fields.iter().map(|&(_, g)| {
-                        self.slots
-                            .get(g)
-                            .map(|(a, b)| (a - m.match_start, b - m.match_start))
-                    }));
-                    memo.seconds = self.slots.get(g).and_then(|(a, b)| {
-                        let v = line[a..b].trim().parse::<u32>().ok()?;
-                        Some((a - m.match_start, b - m.match_start, g, v))
+                    memo.fields.extend(
+                        fields
+                            .iter()
+                            .map(|&(_, g)| span_from(&self.slots, g, m.match_start)),
+                    );
+                    memo.seconds = span_from(&self.slots, g, m.match_start).and_then(|(s, e)| {
+                        let v = self.slots.text(line, g)?.trim().parse::<u32>().ok()?;
+                        Some((s, e, g, v))
                     });
                 }
                 Some(time)
