@@ -1394,11 +1394,11 @@ struct TimeMemo {
     now: i64,
     time: Option<f64>,
     valid: bool,
-    /// Where the seconds are in `text` (start, end, group) and their value,
+    /// Which of the template's fields are the seconds, and their value,
     /// when `strptime` found the time linear in them over the whole minute:
     /// a date that differs only there, with every field at the same place,
     /// is this time moved by the difference in seconds.
-    seconds: Option<(usize, usize, usize, u32)>,
+    seconds: Option<(usize, u32)>,
     /// The spans of the template's fields in `text` (with `seconds`).
     fields: Vec<Option<(usize, usize)>>,
 }
@@ -1743,7 +1743,7 @@ impl DateState {
                 memo.text.push_str(text);
                 memo.time = Some(time);
                 if let Some(s) = &mut memo.seconds {
-                    s.3 = seconds;
+                    s.1 = seconds;
                 }
                 return memo.time;
             }
@@ -1766,10 +1766,12 @@ impl DateState {
     /// [`TimeMemo::seconds`]).
     fn seconds_moved(&self, det: &DateDetector, line: &str, m: &DateMatch) -> Option<(f64, u32)> {
         let memo = &self.memo;
-        let (rs, re, g, old) = memo.seconds?;
+        let (k, old) = memo.seconds?;
         let Kind::Pattern { fields } = &det.templates[m.template].kind else {
             return None;
         };
+        let (rs, re) = (*memo.fields.get(k)?)?;
+        let g = fields.get(k)?.1;
         // this line's groups are in the slots (the template just matched it)
         if self.slots_for != Some((m.template, m.match_start)) {
             return None;
@@ -1822,9 +1824,9 @@ impl DateState {
                             .iter()
                             .map(|&(_, g)| span_from(&self.slots, g, m.match_start)),
                     );
-                    memo.seconds = span_from(&self.slots, g, m.match_start).and_then(|(s, e)| {
+                    memo.seconds = fields.iter().position(|&(_, fg)| fg == g).and_then(|k| {
                         let v = self.slots.text(line, g)?.trim().parse::<u32>().ok()?;
-                        Some((s, e, g, v))
+                        Some((k, v))
                     });
                 }
                 Some(time)
