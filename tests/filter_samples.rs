@@ -91,7 +91,13 @@ fn check(expect: &Value, got: Option<&Failure>) -> Option<String> {
                     .filter_map(|x| x.as_str().map(String::from))
                     .collect();
                 want.sort();
-                let got: Vec<String> = f.data.users.iter().flatten().cloned().collect();
+                let got: Vec<String> = f
+                    .data
+                    .users
+                    .iter()
+                    .flatten()
+                    .map(|u| u.to_string())
+                    .collect();
                 (want != got).then(|| format!("users {got:?}, expected {want:?}"))
             }
             key => {
@@ -320,7 +326,14 @@ fn fewer_details_change_no_failure() {
             .collect();
         let decided = |fs: &[Failure]| -> Vec<(usize, Option<String>, Option<f64>, bool)> {
             fs.iter()
-                .map(|f| (f.regex, f.fid.clone(), f.time, f.is_nofail()))
+                .map(|f| {
+                    (
+                        f.regex,
+                        f.fid.as_ref().map(|v| v.to_string()),
+                        f.time,
+                        f.is_nofail(),
+                    )
+                })
                 .collect()
         };
         let (full, evidence, lean) = (&got[0], &got[1], &got[2]);

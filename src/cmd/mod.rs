@@ -105,6 +105,14 @@ pub fn for_each_line(data: &[u8], mut f: impl FnMut(&str)) {
         while let [rest @ .., b'\r' | b'\n'] = raw {
             raw = rest;
         }
+        if raw.is_ascii() {
+            // SAFETY: ASCII bytes are valid UTF-8 (checked just above; a
+            // word-at-a-time check, cheaper than full validation, and log
+            // lines are nearly always ASCII)
+            f(unsafe { std::str::from_utf8_unchecked(raw) });
+            start = end + 1;
+            continue;
+        }
         match std::str::from_utf8(raw) {
             Ok(s) => f(s),
             Err(_) => {

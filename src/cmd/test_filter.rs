@@ -32,9 +32,9 @@ fn iso_utc(now: f64) -> String {
 pub fn failure_json(f: &Failure) -> Value {
     let mut m = Map::new();
     m.insert("match".into(), Value::Bool(true));
-    let fid = f.fid.clone().unwrap_or_default();
+    let fid = f.fid.as_deref().unwrap_or_default();
     m.insert("fid".into(), json!(fid));
-    m.insert("host".into(), json!(f.data.get("host").unwrap_or(&fid)));
+    m.insert("host".into(), json!(f.data.get("host").unwrap_or(fid)));
     m.insert("time".into(), f.time.map_or(Value::Null, |t| json!(t)));
     for k in ["user", "ip4", "ip6", "dns"] {
         if let Some(v) = f.data.get(k) {
@@ -42,7 +42,10 @@ pub fn failure_json(f: &Failure) -> Value {
         }
     }
     if let Some(users) = &f.data.users {
-        m.insert("users".into(), json!(users.iter().collect::<Vec<_>>()));
+        m.insert(
+            "users".into(),
+            json!(users.iter().map(|u| u.as_str()).collect::<Vec<_>>()),
+        );
     }
     m.insert("attempts".into(), json!(f.attempts()));
     m.insert("failregex".into(), json!(f.regex));

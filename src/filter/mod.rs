@@ -168,7 +168,7 @@ pub struct FailData {
     pub matches: Vec<Arc<TupleLine>>,
     nofail_matches: Vec<Arc<TupleLine>>,
     /// All users seen for this `<F-MLFID>` connection.
-    pub users: Option<BTreeSet<String>>,
+    pub users: Option<BTreeSet<Value>>,
     mlfpending: bool,
 }
 
@@ -233,7 +233,7 @@ impl FailData {
         if let Some(u) = user {
             let users = self.users.get_or_insert_with(BTreeSet::new);
             if !users.contains(u) {
-                users.insert(u.to_string());
+                users.insert(Value::from(u));
             }
         }
         self.users.as_ref().is_some_and(|u| u.len() > 1)
@@ -247,7 +247,7 @@ pub struct Failure {
     pub regex: usize,
     /// The failure id (address, host name or `<F-ID>`), as captured.
     /// `None` for a pending multi-line failure (only in check-all mode).
-    pub fid: Option<String>,
+    pub fid: Option<Value>,
     /// Epoch seconds, if the line's time is known.
     pub time: Option<f64>,
     pub data: FailData,
@@ -494,10 +494,7 @@ impl Filter {
         }
         dates.default_tz = options.log_tz;
         let prefilter = if maxlines == 1 {
-            let pats: Vec<&str> = failregex
-                .iter()
-                .map(|r| r.pattern.std_regex().as_str())
-                .collect();
+            let pats: Vec<&str> = failregex.iter().map(|r| r.pattern.std_pattern()).collect();
             Prefilter::new(&pats)
         } else {
             None
@@ -616,12 +613,15 @@ const MLFID_TTL: f64 = 300.0;
 
 impl MlfidCache {
     fn get(&mut self, k: &str, now: f64) -> Option<&mut MlfidEntry> {
-        let expired = self.entries.get(k).is_some_and(|e| e.expires <= now);
-        if expired {
-            self.entries.remove(k);
-            return None;
+        // one lookup (a key of a log line is short: the copy stays inline)
+        match self.entries.entry(Value::from(k)) {
+            std::collections::hash_map::Entry::Occupied(e) if e.get().expires <= now => {
+                e.remove();
+                None
+            }
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(_) => None,
         }
-        self.entries.get_mut(k)
     }
     fn remove(&mut self, k: &str) {
         self.entries.remove(k);
@@ -1125,12 +1125,12 @@ impl FilterState {
             } else {
                 fail.matches.extend_from_slice(&matched);
             }
-            let fid = fail.get("fid").map(str::to_string);
+            let fid = fail.get("fid").map(Value::from);
             let ip = fail
                 .get("ip4")
                 .or_else(|| fail.get("ip6"))
                 .or_else(|| fail.get("dns"))
-                .map(str::to_string)
+                .map(Value::from)
                 .or_else(|| fid.clone());
             let Some(ip) = ip else {
                 if mlfid.is_none() {
@@ -1159,7 +1159,7 @@ impl FilterState {
             };
             let fid = match fid {
                 Some(f) if f != ip => {
-                    fail.groups.set("ip", Some(Value::from(ip)));
+                    fail.groups.set("ip", Some(ip));
                     f
                 }
                 _ => ip,

@@ -2208,9 +2208,20 @@ impl Slots {
 /// haystack is ASCII: on ASCII text both match exactly alike (Unicode
 /// classes and case folding differ only on non-ASCII characters), and the
 /// ASCII automata are several times smaller and faster.
+///
+/// The Unicode build is made when a haystack first needs it (at once if
+/// there is no ASCII build): most logs are all ASCII, and the Unicode
+/// automata took most of a filter's compile time, which every
+/// `banhammer regex` and `test-filter` run pays before its first line.
+/// Whether it can be made is checked at once, by parsing the pattern as
+/// it would parse it; what is left is the size limit, which a pattern
+/// whose ASCII build fits could exceed only with huge repetitions of
+/// Unicode classes: then it is logged once and the ASCII build serves
+/// non-ASCII haystacks too (their non-ASCII characters match as bytes).
 #[derive(Debug)]
 struct FastRegex {
-    uni: regex::Regex,
+    pattern: Box<str>,
+    uni: OnceLock<Option<regex::Regex>>,
     ascii: Option<regex::bytes::Regex>,
     /// The byte classes of the ASCII build: bytes in one class are never
     /// told apart by the pattern (see [`ShapeCache`]).
@@ -2223,6 +2234,12 @@ struct FastRegex {
     /// own in [`Slots`] (a match's end without the general search's
     /// set-up: no cache pool, no strategy, no reverse search).
     anchored: Option<regex_automata::hybrid::dfa::DFA>,
+}
+
+/// One of a [`FastRegex`]'s two builds.
+enum Build<'r> {
+    Ascii(&'r regex::bytes::Regex),
+    Unicode(&'r regex::Regex),
 }
 
 impl FastRegex {
@@ -2241,8 +2258,21 @@ impl FastRegex {
                 .build_from_nfa(nfa)
                 .ok()
         });
+        let uni = OnceLock::new();
+        if ascii.is_some() {
+            regex_syntax::ParserBuilder::new()
+                .build()
+                .parse(pattern)
+                .map_err(|e| PatternError::Compile {
+                    pattern: src.to_string(),
+                    msg: e.to_string(),
+                })?;
+        } else {
+            let _ = uni.set(Some(build_std(pattern, src)?));
+        }
         Ok(FastRegex {
-            uni: build_std(pattern, src)?,
+            pattern: pattern.into(),
+            uni,
             ascii,
             classes,
             shape_by_match: false,
@@ -2272,19 +2302,48 @@ impl FastRegex {
         self.find_at(hay, start)
     }
 
-    fn is_match_at(&self, hay: &str, start: usize) -> bool {
+    /// The Unicode build (made now if not yet), or `None` if it cannot be
+    /// made (see [`FastRegex`]).
+    fn unicode(&self) -> Option<&regex::Regex> {
+        self.uni
+            .get_or_init(|| match build_std(&self.pattern, &self.pattern) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(
+                        "{e}; non-ASCII lines are searched with the ASCII build of this pattern"
+                    );
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The build that searches `hay`: the ASCII one for ASCII text (or
+    /// when the Unicode one cannot be made), else the Unicode one.
+    fn build_for(&self, hay: &str) -> Build<'_> {
         match &self.ascii {
-            Some(a) if hay.is_ascii() => a.is_match_at(hay.as_bytes(), start),
-            _ => self.uni.is_match_at(hay, start),
+            Some(a) if hay.is_ascii() => Build::Ascii(a),
+            Some(a) => self.unicode().map_or(Build::Ascii(a), Build::Unicode),
+            None => match self.unicode() {
+                Some(u) => Build::Unicode(u),
+                None => unreachable!("a pattern without an ASCII build has its Unicode build"),
+            },
+        }
+    }
+
+    fn is_match_at(&self, hay: &str, start: usize) -> bool {
+        match self.build_for(hay) {
+            Build::Ascii(a) => a.is_match_at(hay.as_bytes(), start),
+            Build::Unicode(u) => u.is_match_at(hay, start),
         }
     }
 
     fn find_at(&self, hay: &str, start: usize) -> Option<(usize, usize)> {
-        match &self.ascii {
-            Some(a) if hay.is_ascii() => a
+        match self.build_for(hay) {
+            Build::Ascii(a) => a
                 .find_at(hay.as_bytes(), start)
                 .map(|m| (m.start(), m.end())),
-            _ => self.uni.find_at(hay, start).map(|m| (m.start(), m.end())),
+            Build::Unicode(u) => u.find_at(hay, start).map(|m| (m.start(), m.end())),
         }
     }
 
@@ -2377,8 +2436,8 @@ impl FastRegex {
 
     fn engine_captures(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
         slots.raw.clear();
-        match &self.ascii {
-            Some(a) if hay.is_ascii() => {
+        match self.build_for(hay) {
+            Build::Ascii(a) => {
                 let pos = match slots.blocs.iter().position(|(i, _)| *i == id) {
                     Some(p) => p,
                     None => {
@@ -2392,10 +2451,10 @@ impl FastRegex {
                 }
                 slots.raw.extend((0..locs.len()).map(|i| locs.get(i)));
             }
-            _ => {
-                let pos = slots.locations(id, &self.uni);
+            Build::Unicode(u) => {
+                let pos = slots.locations(id, u);
                 let locs = &mut slots.locs[pos].1;
-                if self.uni.captures_read_at(locs, hay, start).is_none() {
+                if u.captures_read_at(locs, hay, start).is_none() {
                     return false;
                 }
                 slots.raw.extend((0..locs.len()).map(|i| locs.get(i)));
@@ -2898,7 +2957,7 @@ impl Pattern {
                     "select {sel:?}, variant is full: {}, tests {}, regex len {}",
                     Arc::ptr_eq(&c, core),
                     sp.tests.len(),
-                    c.approx.uni.as_str().len()
+                    c.approx.pattern.len()
                 )
             }
             Engine::Verified { .. } => "verified without splits".into(),
@@ -2919,11 +2978,11 @@ impl Pattern {
     }
 
     /// The `regex`-crate pattern used (exact, or the over-approximation).
-    pub fn std_regex(&self) -> &regex::Regex {
+    pub fn std_pattern(&self) -> &str {
         match &self.engine {
-            Engine::Std(r) => &r.uni,
-            Engine::Fancy { approx, .. } => &approx.uni,
-            Engine::Verified { core, .. } => &core.approx.uni,
+            Engine::Std(r) => &r.pattern,
+            Engine::Fancy { approx, .. } => &approx.pattern,
+            Engine::Verified { core, .. } => &core.approx.pattern,
         }
     }
 
@@ -3273,6 +3332,35 @@ mod tests {
             outer_hits > 100,
             "{outer_hits} answers from the outer cache"
         );
+    }
+
+    /// The Unicode build is made only when a non-ASCII haystack comes, and
+    /// then matches as Unicode does; a pattern it could not parse fails at
+    /// once; one too big for it still runs, on its ASCII build.
+    #[test]
+    fn the_unicode_build_is_made_when_first_needed() {
+        let re = FastRegex::new(r"^\w+ (?P<x>\S+)$", "t").unwrap();
+        assert_eq!(re.find_at("user bob", 0), Some((0, 8)));
+        assert!(
+            re.uni.get().is_none(),
+            "an ASCII haystack needs no Unicode build"
+        );
+        assert_eq!(re.find_at("usér bob", 0), Some((0, 9)));
+        assert!(re.uni.get().is_some_and(Option::is_some));
+        let mut slots = Slots::default();
+        assert!(re.engine_captures(0, "usér böb", 0, &mut slots));
+        assert_eq!(slots.raw.get(1).copied().flatten(), Some((6, 10)));
+        // valid for the byte-wise ASCII build, not for a str regex
+        let err = FastRegex::new(r"(?-u:\xFF)", "t").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+        // no ASCII build: the Unicode one is made (and checked) at once
+        let uni_only = FastRegex::new(r"\p{Greek}+", "t").unwrap();
+        assert!(uni_only.ascii.is_none() && uni_only.uni.get().is_some());
+        assert_eq!(uni_only.find_at("abc αβγ", 0), Some((4, 10)));
+        // too big as Unicode: logged, and the ASCII build answers
+        let big = FastRegex::new(r"\w{5000}x|y", "t").unwrap();
+        assert!(big.unicode().is_none());
+        assert_eq!(big.find_at("é y", 0), Some((3, 4)));
     }
 
     /// The anchored DFA finds the match the general search finds, and is

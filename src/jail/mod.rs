@@ -109,7 +109,7 @@ impl Found {
             .filter_map(|(k, v)| Some((k, v?.clone())))
             .collect();
         Some(Found {
-            fid: f.fid?,
+            fid: f.fid?.into(),
             time: f.time,
             line,
             live: from.live,
