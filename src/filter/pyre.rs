@@ -2216,8 +2216,8 @@ impl Slots {
 /// Whether it can be made is checked at once, by parsing the pattern as
 /// it would parse it; what is left is the size limit, which a pattern
 /// whose ASCII build fits could exceed only with huge repetitions of
-/// Unicode classes: then it is logged once and the ASCII build serves
-/// non-ASCII haystacks too (their non-ASCII characters match as bytes).
+/// Unicode classes: then it is logged once and the pattern matches no
+/// non-ASCII haystack (the ASCII build could split a character there).
 #[derive(Debug)]
 struct FastRegex {
     pattern: Box<str>,
@@ -2309,37 +2309,32 @@ impl FastRegex {
             .get_or_init(|| match build_std(&self.pattern, &self.pattern) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    tracing::error!(
-                        "{e}; non-ASCII lines are searched with the ASCII build of this pattern"
-                    );
+                    tracing::error!("{e}; this pattern matches no line that is not ASCII");
                     None
                 }
             })
             .as_ref()
     }
 
-    /// The build that searches `hay`: the ASCII one for ASCII text (or
-    /// when the Unicode one cannot be made), else the Unicode one.
-    fn build_for(&self, hay: &str) -> Build<'_> {
+    /// The build that searches `hay`: the ASCII one for ASCII text, else
+    /// the Unicode one; `None` (no match) if that cannot be made.
+    fn build_for(&self, hay: &str) -> Option<Build<'_>> {
         match &self.ascii {
-            Some(a) if hay.is_ascii() => Build::Ascii(a),
-            Some(a) => self.unicode().map_or(Build::Ascii(a), Build::Unicode),
-            None => match self.unicode() {
-                Some(u) => Build::Unicode(u),
-                None => unreachable!("a pattern without an ASCII build has its Unicode build"),
-            },
+            Some(a) if hay.is_ascii() => Some(Build::Ascii(a)),
+            _ => self.unicode().map(Build::Unicode),
         }
     }
 
     fn is_match_at(&self, hay: &str, start: usize) -> bool {
         match self.build_for(hay) {
-            Build::Ascii(a) => a.is_match_at(hay.as_bytes(), start),
-            Build::Unicode(u) => u.is_match_at(hay, start),
+            Some(Build::Ascii(a)) => a.is_match_at(hay.as_bytes(), start),
+            Some(Build::Unicode(u)) => u.is_match_at(hay, start),
+            None => false,
         }
     }
 
     fn find_at(&self, hay: &str, start: usize) -> Option<(usize, usize)> {
-        match self.build_for(hay) {
+        match self.build_for(hay)? {
             Build::Ascii(a) => a
                 .find_at(hay.as_bytes(), start)
                 .map(|m| (m.start(), m.end())),
@@ -2436,7 +2431,10 @@ impl FastRegex {
 
     fn engine_captures(&self, id: usize, hay: &str, start: usize, slots: &mut Slots) -> bool {
         slots.raw.clear();
-        match self.build_for(hay) {
+        let Some(build) = self.build_for(hay) else {
+            return false;
+        };
+        match build {
             Build::Ascii(a) => {
                 let pos = match slots.blocs.iter().position(|(i, _)| *i == id) {
                     Some(p) => p,
@@ -3357,10 +3355,12 @@ mod tests {
         let uni_only = FastRegex::new(r"\p{Greek}+", "t").unwrap();
         assert!(uni_only.ascii.is_none() && uni_only.uni.get().is_some());
         assert_eq!(uni_only.find_at("abc αβγ", 0), Some((4, 10)));
-        // too big as Unicode: logged, and the ASCII build answers
+        // too big as Unicode: logged; ASCII lines still match, others not
         let big = FastRegex::new(r"\w{5000}x|y", "t").unwrap();
+        assert_eq!(big.find_at("a y", 0), Some((2, 3)));
         assert!(big.unicode().is_none());
-        assert_eq!(big.find_at("é y", 0), Some((3, 4)));
+        assert_eq!(big.find_at("é y", 0), None);
+        assert!(!big.engine_captures(0, "é y", 0, &mut slots));
     }
 
     /// The anchored DFA finds the match the general search finds, and is
