@@ -106,7 +106,7 @@ pub fn for_each_line(data: &[u8], mut f: impl FnMut(&str)) {
             raw = rest;
         }
         if raw.is_ascii() {
-            // SAFETY: ASCII bytes are valid UTF-8 (checked just above; a
+            // SAFETY: ASCII bytes are valid UTF-8 (the `if` checked; a
             // word-at-a-time check, cheaper than full validation, and log
             // lines are nearly always ASCII)
             f(unsafe { std::str::from_utf8_unchecked(raw) });

@@ -613,7 +613,7 @@ const MLFID_TTL: f64 = 300.0;
 
 impl MlfidCache {
     fn get(&mut self, k: &str, now: f64) -> Option<&mut MlfidEntry> {
-        // one lookup (a key of a log line is short: the copy stays inline)
+        // one lookup (the key is copied: inline, for the usual short keys)
         match self.entries.entry(Value::from(k)) {
             std::collections::hash_map::Entry::Occupied(e) if e.get().expires <= now => {
                 e.remove();
