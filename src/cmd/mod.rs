@@ -64,10 +64,16 @@ pub fn for_each_line_in(
     mut f: impl FnMut(&str),
 ) -> Result<bool, CmdError> {
     const CHUNK: usize = 256 * 1024;
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-    let mut chunk = vec![0u8; CHUNK];
+    // one buffer, read into directly: the complete lines are split where
+    // they are and the partial line after them moves to the front; a line
+    // longer than the buffer doubles it
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
     loop {
-        let n = match input.read(&mut chunk) {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match input.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -78,17 +84,22 @@ pub fn for_each_line_in(
                 })
             }
         };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(last_nl) = memchr::memrchr(b'\n', &buf) {
-            for_each_line(&buf[..=last_nl], &mut f);
-            buf.drain(..=last_nl);
+        // a newline can only be in what was just read
+        let old = filled;
+        filled += n;
+        if let Some(nl) = memchr::memrchr(b'\n', &buf[old..filled]) {
+            let end = old + nl + 1;
+            for_each_line(&buf[..end], &mut f);
+            buf.copy_within(end..filled, 0);
+            filled -= end;
         }
     }
-    if !buf.is_empty() && partial_last {
-        for_each_line(&buf, &mut f);
+    let rest = &buf[..filled];
+    if !rest.is_empty() && partial_last {
+        for_each_line(rest, &mut f);
         return Ok(false);
     }
-    Ok(!buf.is_empty())
+    Ok(!rest.is_empty())
 }
 
 /// Splits log bytes into lines as Fail2Ban reads them: at `\n` only, every
@@ -151,5 +162,54 @@ mod tests {
         assert_eq!(lines(b"x\ry\n"), ["x\ry"]);
         assert_eq!(lines(b"bad \xff byte\n"), ["bad \u{fffd} byte"]);
         assert_eq!(lines(b"\n"), [""]);
+    }
+
+    /// A reader that hands out its data a few bytes at a time, sometimes
+    /// interrupted, as a pipe can.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        calls: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 7 == 0 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            // 1 to 300,000 bytes: pieces of lines and reads past the buffer
+            let want = [1, 2, 3, 300_000, 5][self.calls % 5];
+            let n = want.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// Streaming gives the lines that splitting the whole text gives, with
+    /// reads that end anywhere, a line longer than the buffer (which must
+    /// grow) and a last line without its newline.
+    #[test]
+    fn streamed_lines_are_the_lines_of_the_whole_text() {
+        let long = "x".repeat(600_000);
+        let text = format!("a\nbb\r\n\n{long}\nc\u{e9}\nlast");
+        for partial_last in [true, false] {
+            let mut got = Vec::new();
+            let input = Trickle {
+                data: text.clone().into_bytes(),
+                at: 0,
+                calls: 0,
+            };
+            let left_out =
+                for_each_line_in(input, "t", partial_last, |l| got.push(l.to_string())).unwrap();
+            let mut want = lines(text.as_bytes());
+            if !partial_last {
+                want.pop();
+            }
+            assert_eq!(left_out, !partial_last);
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "lines differ (partial_last {partial_last})");
+        }
     }
 }
