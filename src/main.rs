@@ -281,6 +281,7 @@ fn run() -> anyhow::Result<()> {
             if !json {
                 anyhow::bail!("test-filter needs --json (the only output format)");
             }
+            warnings_to_stderr();
             cmd::test_filter::run(&cmd::test_filter::TestFilterArgs {
                 filter_dir: &filter_dir,
                 spec: &spec,
@@ -305,6 +306,7 @@ fn run() -> anyhow::Result<()> {
             filter,
             ignoreregex,
         } => {
+            warnings_to_stderr();
             cmd::regex::run(&cmd::regex::RegexArgs {
                 log,
                 filter,
@@ -322,6 +324,19 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The filter engine's warnings (a pattern that cannot run on some lines)
+/// reach the terminal of the one-shot filter commands; the daemon logs
+/// them through its own log instead.
+fn warnings_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
 }
 
 fn main() -> ExitCode {

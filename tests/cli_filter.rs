@@ -262,6 +262,38 @@ fn regex_command_summarises_like_fail2ban_regex() {
     assert_clean_failure(&o, &["does not compile"]);
 }
 
+/// A pattern whose Unicode build would be too big still loads and runs on
+/// ASCII lines; a non-ASCII line is not matched by it, and the command
+/// says so on stderr instead of missing the line silently.
+#[test]
+fn a_pattern_too_big_for_unicode_lines_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = write(
+        tmp.path(),
+        "app.log",
+        "2024-03-01 10:00:00 login failed from 192.0.2.1\n\
+         2024-03-01 10:00:01 login failed (caf\u{e9}) from 192.0.2.2\n"
+            .as_bytes(),
+    );
+    let o = run(&[
+        "regex",
+        log.to_str().unwrap(),
+        r"login failed (?:\w{5000}|\S*) ?from <HOST>",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Lines: 2 lines, 0 ignored, 1 matched, 1 missed"),
+        "{out}"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("it matches no line that is not ASCII") && err.contains("w{5000}"),
+        "{err}"
+    );
+    assert_eq!(err.matches("not ASCII").count(), 1, "logged once: {err}");
+}
+
 #[test]
 fn regex_counts_multi_line_matches_and_unterminated_lines_like_fail2ban_regex() {
     let tmp = tempfile::tempdir().unwrap();

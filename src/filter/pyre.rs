@@ -2221,6 +2221,8 @@ impl Slots {
 #[derive(Debug)]
 struct FastRegex {
     pattern: Box<str>,
+    /// The pattern as written (for messages).
+    source: Box<str>,
     uni: OnceLock<Option<regex::Regex>>,
     ascii: Option<regex::bytes::Regex>,
     /// The byte classes of the ASCII build: bytes in one class are never
@@ -2272,6 +2274,7 @@ impl FastRegex {
         }
         Ok(FastRegex {
             pattern: pattern.into(),
+            source: src.into(),
             uni,
             ascii,
             classes,
@@ -2306,10 +2309,13 @@ impl FastRegex {
     /// made (see [`FastRegex`]).
     fn unicode(&self) -> Option<&regex::Regex> {
         self.uni
-            .get_or_init(|| match build_std(&self.pattern, &self.pattern) {
+            .get_or_init(|| match build_std(&self.pattern, &self.source) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    tracing::error!("{e}; this pattern matches no line that is not ASCII");
+                    tracing::error!(
+                        "pattern {} cannot run on non-ASCII text ({e}): it matches no line that is not ASCII",
+                        self.source
+                    );
                     None
                 }
             })
