@@ -2220,8 +2220,9 @@ impl Slots {
 /// non-ASCII haystack (the ASCII build could split a character there).
 #[derive(Debug)]
 struct FastRegex {
+    /// The `regex`-crate pattern both builds are made from.
     pattern: Box<str>,
-    /// The pattern as written (for messages).
+    /// The pattern as the filter wrote it (for messages).
     source: Box<str>,
     uni: OnceLock<Option<regex::Regex>>,
     ascii: Option<regex::bytes::Regex>,
