@@ -121,15 +121,14 @@ pub fn for_each_line(data: &[u8], mut f: impl FnMut(&str)) {
             // word-at-a-time check, cheaper than full validation, and log
             // lines are nearly always ASCII)
             f(unsafe { std::str::from_utf8_unchecked(raw) });
-            start = end + 1;
-            continue;
-        }
-        match std::str::from_utf8(raw) {
-            Ok(s) => f(s),
-            Err(_) => {
-                owned.clear();
-                owned.push_str(&String::from_utf8_lossy(raw));
-                f(&owned);
+        } else {
+            match std::str::from_utf8(raw) {
+                Ok(s) => f(s),
+                Err(_) => {
+                    owned.clear();
+                    owned.push_str(&String::from_utf8_lossy(raw));
+                    f(&owned);
+                }
             }
         }
         start = end + 1;

@@ -613,15 +613,14 @@ const MLFID_TTL: f64 = 300.0;
 
 impl MlfidCache {
     fn get(&mut self, k: &str, now: f64) -> Option<&mut MlfidEntry> {
-        // one lookup (the key is copied: inline, for the usual short keys)
-        match self.entries.entry(Value::from(k)) {
-            std::collections::hash_map::Entry::Occupied(e) if e.get().expires <= now => {
-                e.remove();
-                None
-            }
-            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(_) => None,
+        // two lookups by the borrowed key: the entry API would copy the
+        // key on every call, an allocation for keys of over 24 bytes
+        let expired = self.entries.get(k).is_some_and(|e| e.expires <= now);
+        if expired {
+            self.entries.remove(k);
+            return None;
         }
+        self.entries.get_mut(k)
     }
     fn remove(&mut self, k: &str) {
         self.entries.remove(k);
