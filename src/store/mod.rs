@@ -433,6 +433,8 @@ impl Worker {
         let rules = &self.rules;
         let mut queued = 0usize;
         let tx = self.conn.transaction()?;
+        // taken from the statement cache once per batch, not per failure
+        let mut insert = tx.prepare_cached(INSERT_FAILURE)?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         for cmd in batch.iter() {
             outcomes.push(match cmd {
@@ -445,7 +447,14 @@ impl Worker {
                                 time,
                                 line,
                                 origin,
-                            } => insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?,
+                            } => insert_failure(
+                                &mut insert,
+                                jail,
+                                ip,
+                                *time,
+                                line,
+                                origin.as_deref(),
+                            )?,
                             ChunkOp::Ban { req, .. } => {
                                 let (rec, extended) = record_ban(&tx, req)?;
                                 queued += outbox::on_ban(&tx, rules, &rec, req, extended)?;
@@ -467,7 +476,7 @@ impl Worker {
                     line,
                     origin,
                 } => {
-                    insert_failure(&tx, jail, ip, *time, line, origin.as_deref())?;
+                    insert_failure(&mut insert, jail, ip, *time, line, origin.as_deref())?;
                     None
                 }
                 StoreCmd::Position { jail, path, pos } => {
@@ -528,6 +537,7 @@ impl Worker {
                 StoreCmd::Flush(_) | StoreCmd::Stop => None,
             });
         }
+        drop(insert);
         tx.commit()?;
         if queued > 0 {
             if let Some(w) = &self.wake {
@@ -586,18 +596,18 @@ impl Worker {
     }
 }
 
+const INSERT_FAILURE: &str =
+    "INSERT INTO failures (jail, ip, time, line, host, peer) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
 fn insert_failure(
-    tx: &rusqlite::Transaction<'_>,
+    insert: &mut rusqlite::CachedStatement<'_>,
     jail: &str,
     ip: &str,
     time: f64,
     line: &str,
     origin: Option<&Origin>,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO failures (jail, ip, time, line, host, peer) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
+    insert.execute(params![
         jail,
         ip,
         time,

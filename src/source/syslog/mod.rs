@@ -25,7 +25,7 @@ use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Which received messages a jail takes (`backend = syslog[app=...,
@@ -140,10 +140,70 @@ pub fn add(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A jail's queue: batches of messages, bounded by the number of messages
+/// in them (`queue`). A sender takes room for a batch before sending it;
+/// the jail's worker gives the room back as it takes batches out.
+#[derive(Clone)]
+struct JailQueue {
+    tx: mpsc::UnboundedSender<Vec<Arc<SyslogMessage>>>,
+    room: Arc<Semaphore>,
+    /// The most messages queued at once.
+    capacity: usize,
+}
+
+impl JailQueue {
+    /// Queues `batch`, waiting for room (in parts of at most `capacity`
+    /// messages); returns how many messages were queued: all, unless the
+    /// jail's worker has gone.
+    async fn send(&self, mut batch: Vec<Arc<SyslogMessage>>) -> usize {
+        let mut queued = 0;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.capacity));
+            let n = batch.len();
+            match self
+                .room
+                .acquire_many(u32::try_from(n).unwrap_or(u32::MAX))
+                .await
+            {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+            if self.tx.send(batch).is_err() {
+                break;
+            }
+            queued += n;
+            batch = rest;
+        }
+        queued
+    }
+
+    /// Queues as much of `batch` as there is room for, now; returns how
+    /// many messages were queued (the rest are dropped).
+    fn send_now(&self, mut batch: Vec<Arc<SyslogMessage>>) -> usize {
+        let room = self.room.available_permits().min(batch.len());
+        if room == 0 {
+            return 0;
+        }
+        // another sender may have taken the room meanwhile: then all drop
+        let Ok(permit) = self
+            .room
+            .try_acquire_many(u32::try_from(room).unwrap_or(u32::MAX))
+        else {
+            return 0;
+        };
+        permit.forget();
+        batch.truncate(room);
+        match self.tx.send(batch) {
+            Ok(()) => room,
+            Err(_) => 0,
+        }
+    }
+}
+
 struct Route {
     jail: String,
     selector: CompiledSelector,
-    tx: mpsc::Sender<Arc<SyslogMessage>>,
+    queue: JailQueue,
 }
 
 /// What listeners share: the settings, the counters and the routes.
@@ -152,6 +212,10 @@ pub struct Receiver {
     pub stats: SyslogStats,
     routes: RwLock<Vec<Route>>,
 }
+
+/// Messages parsed together (one read of a connection, one `recvmmsg`),
+/// with what parsing noticed about each.
+pub type Parsed = Vec<(SyslogMessage, ParseNotes)>;
 
 impl Receiver {
     pub fn allowed(&self, ip: IpAddr) -> bool {
@@ -168,56 +232,68 @@ impl Receiver {
         }
     }
 
-    fn takers(&self, m: &SyslogMessage) -> Vec<mpsc::Sender<Arc<SyslogMessage>>> {
+    /// Each jail's part of a batch: its queue and the positions in
+    /// `parsed` of the messages its selector takes. Counts the messages
+    /// no jail takes.
+    fn split(&self, parsed: Parsed) -> (Vec<Arc<SyslogMessage>>, Vec<(JailQueue, Vec<usize>)>) {
         let routes = match self.routes.read() {
             Ok(r) => r,
             Err(p) => p.into_inner(),
         };
-        routes
+        let mut parts: Vec<(JailQueue, Vec<usize>)> = routes
             .iter()
-            .filter(|r| r.selector.takes(m))
-            .map(|r| r.tx.clone())
-            .collect()
-    }
-
-    /// Hands a message to its jails without waiting (UDP): a full queue
-    /// drops it for that jail.
-    pub fn route_now(&self, m: SyslogMessage, notes: ParseNotes) {
-        self.note(notes);
-        let takers = self.takers(&m);
-        if takers.is_empty() {
-            add(&self.stats.unrouted);
-            return;
-        }
-        let m = Arc::new(m);
-        let mut any = false;
-        for tx in takers {
-            match tx.try_send(m.clone()) {
-                Ok(()) => any = true,
-                Err(_) => add(&self.stats.queue_full),
+            .map(|r| (r.queue.clone(), Vec::with_capacity(parsed.len())))
+            .collect();
+        let mut messages = Vec::with_capacity(parsed.len());
+        let mut unrouted = 0u64;
+        for (i, (m, notes)) in parsed.into_iter().enumerate() {
+            self.note(notes);
+            let mut taken = false;
+            for (route, (_, part)) in routes.iter().zip(parts.iter_mut()) {
+                if route.selector.takes(&m) {
+                    part.push(i);
+                    taken = true;
+                }
             }
+            unrouted += u64::from(!taken);
+            messages.push(Arc::new(m));
         }
-        if any {
-            add(&self.stats.delivered);
-        }
+        self.stats.unrouted.fetch_add(unrouted, Ordering::Relaxed);
+        parts.retain(|(_, part)| !part.is_empty());
+        (messages, parts)
     }
 
-    /// Hands a message to its jails, waiting for room (TCP, TLS).
-    pub async fn route(&self, m: SyslogMessage, notes: ParseNotes) {
-        self.note(notes);
-        let takers = self.takers(&m);
-        if takers.is_empty() {
-            add(&self.stats.unrouted);
-            return;
+    /// Hands a batch to its jails without waiting (UDP): what does not fit
+    /// a jail's queue is dropped for that jail, counted.
+    pub fn route_now(&self, parsed: Parsed) {
+        let (messages, parts) = self.split(parsed);
+        let mut delivered = vec![false; messages.len()];
+        for (queue, part) in parts {
+            let batch = part.iter().map(|&i| messages[i].clone()).collect();
+            let queued = queue.send_now(batch);
+            part[..queued].iter().for_each(|&i| delivered[i] = true);
+            self.stats
+                .queue_full
+                .fetch_add((part.len() - queued) as u64, Ordering::Relaxed);
         }
-        let m = Arc::new(m);
-        let mut any = false;
-        for tx in takers {
-            any |= tx.send(m.clone()).await.is_ok();
+        self.count_delivered(&delivered);
+    }
+
+    /// Hands a batch to its jails, waiting for room (TCP, TLS).
+    pub async fn route(&self, parsed: Parsed) {
+        let (messages, parts) = self.split(parsed);
+        let mut delivered = vec![false; messages.len()];
+        for (queue, part) in parts {
+            let batch = part.iter().map(|&i| messages[i].clone()).collect();
+            let queued = queue.send(batch).await;
+            part[..queued].iter().for_each(|&i| delivered[i] = true);
         }
-        if any {
-            add(&self.stats.delivered);
-        }
+        self.count_delivered(&delivered);
+    }
+
+    fn count_delivered(&self, delivered: &[bool]) {
+        let n = delivered.iter().filter(|d| **d).count();
+        self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -335,13 +411,20 @@ impl SyslogHub {
             msg,
         };
         let selector = selector.compile().map_err(err)?;
-        let (tx, rx) = mpsc::channel(self.receiver.cfg.queue);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = self.receiver.cfg.queue.clamp(1, Semaphore::MAX_PERMITS);
+        let queue = JailQueue {
+            tx,
+            room: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        };
+        let room = queue.room.clone();
         let t = std::thread::Builder::new()
             .name(format!("syslog/{name}"))
             .spawn(move || {
                 // a backlog worker: the listeners come first when CPUs are short
                 crate::source::set_thread_nice(WORKER_NICE);
-                feed_jail(rx, &matcher, &jail)
+                feed_jail(rx, &room, &matcher, &jail)
             })
             .map_err(|e| err(e.to_string()))?;
         let mut routes = match self.receiver.routes.write() {
@@ -352,7 +435,7 @@ impl SyslogHub {
         routes.push(Route {
             jail: name.to_string(),
             selector,
-            tx,
+            queue,
         });
         Ok(t)
     }
@@ -390,29 +473,52 @@ impl SyslogHub {
 
 /// A jail's worker: batches from the queue, through the filter, to the jail.
 fn feed_jail(
-    mut rx: mpsc::Receiver<Arc<SyslogMessage>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Arc<SyslogMessage>>>,
+    room: &Semaphore,
     matcher: &Matcher,
     jail: &mpsc::Sender<JailMsg>,
 ) {
+    // senders waiting for room see the worker gone, also on a panic
+    struct Close<'a>(&'a Semaphore);
+    impl Drop for Close<'_> {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = Close(room);
     let mut batch: Vec<Arc<SyslogMessage>> = Vec::with_capacity(BATCH);
+    let take = |batch: &mut Vec<Arc<SyslogMessage>>, part: Vec<Arc<SyslogMessage>>| {
+        room.add_permits(part.len());
+        batch.extend(part);
+    };
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+        take(&mut batch, first);
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(part) => take(&mut batch, part),
                 Err(_) => break,
             }
         }
+        // one Origin for a run of messages from the same sender
+        let mut origin: Option<Arc<Origin>> = None;
         let lines: Vec<Line> = batch
             .drain(..)
-            .map(|m| Line {
-                text: m.line().into(),
-                time: Some(m.time),
-                live: true,
-                origin: Some(Arc::new(Origin {
-                    host: m.host.clone(),
-                    peer: m.peer,
-                })),
+            .map(|m| {
+                let same = origin
+                    .as_ref()
+                    .is_some_and(|o| o.peer == m.peer && o.host == m.host);
+                if !same {
+                    origin = Some(Arc::new(Origin {
+                        host: m.host.clone(),
+                        peer: m.peer,
+                    }));
+                }
+                Line {
+                    text: m.line().into(),
+                    time: Some(m.time),
+                    live: true,
+                    origin: origin.clone(),
+                }
             })
             .collect();
         let msg = JailMsg::Chunk {
@@ -423,5 +529,141 @@ fn feed_jail(
         if jail.blocking_send(msg).is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A receiver with one route, `selector`, whose queue holds `capacity`
+    /// messages; the test plays the jail's worker.
+    fn receiver(
+        capacity: usize,
+        selector: Selector,
+    ) -> (
+        Arc<Receiver>,
+        mpsc::UnboundedReceiver<Vec<Arc<SyslogMessage>>>,
+        Arc<Semaphore>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(capacity));
+        let receiver = Receiver {
+            cfg: SyslogConfig::default(),
+            stats: SyslogStats::default(),
+            routes: RwLock::new(vec![Route {
+                jail: "sshd".into(),
+                selector: selector.compile().expect("selector"),
+                queue: JailQueue {
+                    tx,
+                    room: room.clone(),
+                    capacity,
+                },
+            }]),
+        };
+        (Arc::new(receiver), rx, room)
+    }
+
+    fn messages(app: &str, n: usize) -> Parsed {
+        (0..n)
+            .map(|i| {
+                let raw = format!("<38>Nov 22 09:59:58 web1 {app}[{i}]: message {i}");
+                parse::parse(
+                    raw.as_bytes(),
+                    IpAddr::from([127, 0, 0, 1]),
+                    chrono::Utc::now(),
+                    parse::SyslogZone::Local,
+                )
+            })
+            .collect()
+    }
+
+    fn texts(batch: &[Arc<SyslogMessage>]) -> Vec<String> {
+        batch.iter().map(|m| m.text.clone()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_datagrams_and_counts_them() {
+        let (r, mut rx, room) = receiver(3, Selector::default());
+        r.route_now(messages("sshd", 5));
+        let c = r.stats.snapshot();
+        assert_eq!((c.delivered, c.queue_full), (3, 2));
+        let batch = rx.try_recv().expect("a batch");
+        assert_eq!(texts(&batch), ["message 0", "message 1", "message 2"]);
+        // nothing taken out yet: no room for more
+        r.route_now(messages("sshd", 2));
+        assert_eq!(r.stats.snapshot().queue_full, 4);
+        assert!(rx.try_recv().is_err());
+        // the worker takes the batch out and gives its room back
+        room.add_permits(batch.len());
+        r.route_now(messages("sshd", 1));
+        let c = r.stats.snapshot();
+        assert_eq!((c.delivered, c.queue_full), (4, 4));
+        assert_eq!(rx.try_recv().expect("a batch").len(), 1);
+    }
+
+    #[test]
+    fn messages_no_selector_takes_are_counted_not_queued() {
+        let selector = Selector {
+            apps: vec!["sshd".into()],
+            ..Selector::default()
+        };
+        let (r, mut rx, _room) = receiver(10, selector);
+        let mut batch = messages("nginx", 2);
+        batch.extend(messages("sshd", 1));
+        r.route_now(batch);
+        let c = r.stats.snapshot();
+        assert_eq!((c.delivered, c.unrouted, c.queue_full), (1, 2, 0));
+        assert_eq!(
+            rx.try_recv().expect("a batch")[0].app.as_deref(),
+            Some("sshd")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_room_and_loses_nothing() {
+        let (r, mut rx, room) = receiver(2, Selector::default());
+        let sender = tokio::spawn({
+            let r = r.clone();
+            async move { r.route(messages("sshd", 5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "waits while the queue is full");
+        assert_eq!(r.stats.snapshot().delivered, 0);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the sender goes on as room is given")
+                .expect("a batch");
+            assert!(batch.len() <= 2, "never more than the queue holds");
+            room.add_permits(batch.len());
+            got.extend(texts(&batch));
+        }
+        sender.await.expect("sender");
+        let want: Vec<String> = (0..5).map(|i| format!("message {i}")).collect();
+        assert_eq!(got, want);
+        let c = r.stats.snapshot();
+        assert_eq!((c.delivered, c.queue_full), (5, 0));
+    }
+
+    #[tokio::test]
+    async fn a_gone_worker_ends_the_wait() {
+        let (r, mut rx, room) = receiver(1, Selector::default());
+        let sender = tokio::spawn({
+            let r = r.clone();
+            async move { r.route(messages("sshd", 3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished());
+        // what feed_jail's guard does when the worker ends
+        room.close();
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("the sender stops waiting")
+            .expect("sender");
+        assert_eq!(rx.try_recv().expect("the first part").len(), 1);
+        assert_eq!(r.stats.snapshot().delivered, 1);
     }
 }

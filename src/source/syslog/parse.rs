@@ -108,6 +108,28 @@ fn infer_year(now: DateTime<Utc>, d: IncompleteDate) -> i32 {
     year
 }
 
+/// Which parsers to try: RFC 3164 alone where RFC 5424 cannot match
+/// (its VERSION digit does not follow the PRI), else both, 5424 first.
+/// Either way the result is what trying both gives.
+fn variant(text: &str) -> Variant {
+    let t = text.trim_start().as_bytes();
+    // a PRI of at most 3 digits, which the 5424 parser takes whole
+    let after_pri = match t.first() {
+        Some(b'<') => {
+            let digits = t[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            match t.get(1 + digits) {
+                Some(b'>') if (1..=3).contains(&digits) => &t[digits + 2..],
+                _ => return Variant::Either,
+            }
+        }
+        _ => t,
+    };
+    match after_pri.first() {
+        Some(b) if b.is_ascii_digit() => Variant::Either,
+        _ => Variant::RFC3164,
+    }
+}
+
 fn parse_in<Tz: TimeZone + Copy>(
     text: &str,
     now: DateTime<Utc>,
@@ -117,7 +139,7 @@ fn parse_in<Tz: TimeZone + Copy>(
         text,
         |d| infer_year(now, d),
         Some(tz),
-        Variant::Either,
+        variant(text),
     )
     .ok()
 }
@@ -130,7 +152,11 @@ pub fn parse(
     zone: SyslogZone,
 ) -> (SyslogMessage, ParseNotes) {
     let mut notes = ParseNotes::default();
-    let decoded = String::from_utf8_lossy(raw);
+    // the validator's fast path first: nearly every message is valid
+    let decoded = match std::str::from_utf8(raw) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(raw),
+    };
     notes.invalid_utf8 = matches!(decoded, std::borrow::Cow::Owned(_));
     let text = decoded.trim_end_matches(['\n', '\r', '\0']);
     let received = now.timestamp_micros() as f64 / 1e6;
@@ -296,6 +322,41 @@ mod tests {
         let (m, notes) = parse(b"<13>Nov 22 10:00:00 h app: caf\xe9", peer(), now(), utc());
         assert!(notes.invalid_utf8);
         assert_eq!(m.text, "caf\u{fffd}");
+    }
+
+    #[test]
+    fn rfc3164_alone_is_tried_only_where_rfc5424_cannot_match() {
+        let frames: [&[u8]; 9] = [
+            b"<38>Nov 22 09:59:58 web1 sshd[4242]: Failed password for root from 192.0.2.7 port 22 ssh2",
+            b"<86>1 2026-11-22T09:00:00.5+01:00 web2 sshd 77 - - Invalid user x from 192.0.2.8",
+            b"  <13>1 2026-11-22T09:00:00Z h app - - - indented 5424",
+            b"<13>Nov 22 10:00:00 h app: x",
+            b"Nov 22 10:00:00 h app: no PRI",
+            b"1 2026-11-22T09:00:00Z h app - - - no PRI, 5424",
+            b"<99999>1 2026-11-22T09:00:00Z h app - - - long PRI",
+            b"<x>Nov 22 10:00:00 h app: bad PRI",
+            b"<>",
+        ];
+        for raw in frames {
+            let text = std::str::from_utf8(raw).expect("utf-8");
+            let picked = parse_in(text, now(), Utc);
+            let both = syslog_loose::parse_message_with_year_exact_tz(
+                text,
+                |d| infer_year(now(), d),
+                Some(Utc),
+                Variant::Either,
+            )
+            .ok();
+            assert_eq!(picked, both, "{text}");
+        }
+        assert!(matches!(
+            variant("<38>Nov 22 09:59:58 h a: m"),
+            Variant::RFC3164
+        ));
+        assert!(matches!(
+            variant("<86>1 2026-11-22T09:00:00Z h a - - - m"),
+            Variant::Either
+        ));
     }
 
     #[test]

@@ -104,19 +104,27 @@ async fn accept_loop(
     connections.wait().await;
 }
 
-async fn handle(frame: SyslogFrame, peer: std::net::IpAddr, receiver: &Receiver) {
-    match frame {
-        SyslogFrame::Message(raw) => {
-            add(&receiver.stats.received);
-            let (m, notes) = parse::parse(&raw, peer, chrono::Utc::now(), receiver.cfg.timezone);
-            receiver.route(m, notes).await;
-        }
-        SyslogFrame::Dropped(reason) => add(match reason {
-            DropReason::Oversized => &receiver.stats.oversized,
-            DropReason::BadFraming => &receiver.stats.bad_framing,
-            DropReason::Truncated => &receiver.stats.truncated,
-        }),
+/// Parses the frames of one read and routes their messages together.
+async fn handle(frames: &mut Vec<SyslogFrame>, peer: std::net::IpAddr, receiver: &Receiver) {
+    if frames.is_empty() {
+        return;
     }
+    let now = chrono::Utc::now();
+    let mut parsed = Vec::with_capacity(frames.len());
+    for frame in frames.drain(..) {
+        match frame {
+            SyslogFrame::Message(raw) => {
+                add(&receiver.stats.received);
+                parsed.push(parse::parse(&raw, peer, now, receiver.cfg.timezone));
+            }
+            SyslogFrame::Dropped(reason) => add(match reason {
+                DropReason::Oversized => &receiver.stats.oversized,
+                DropReason::BadFraming => &receiver.stats.bad_framing,
+                DropReason::Truncated => &receiver.stats.truncated,
+            }),
+        }
+    }
+    receiver.route(parsed).await;
 }
 
 /// One connection, until it ends, times out or the receiver stops.
@@ -132,17 +140,19 @@ async fn serve<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(64 << 10);
     // since when the current frame has been incomplete
     let mut partial_since: Option<Instant> = None;
+    let mut frames = Vec::new();
     loop {
-        let mut complete = false;
-        loop {
+        let failed = loop {
             match framer.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    complete = true;
-                    handle(frame, peer, receiver).await;
-                }
-                Ok(None) => break,
-                Err(_) => return,
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break false,
+                Err(_) => break true,
             }
+        };
+        let complete = !frames.is_empty();
+        handle(&mut frames, peer, receiver).await;
+        if failed {
+            return;
         }
         let pending = !buf.is_empty() || framer.mid_frame();
         partial_since = match (pending, complete) {
@@ -169,8 +179,9 @@ async fn serve<S: AsyncRead + Unpin>(
             }
             Ok(Ok(0)) => {
                 while let Ok(Some(frame)) = framer.decode_eof(&mut buf) {
-                    handle(frame, peer, receiver).await;
+                    frames.push(frame);
                 }
+                handle(&mut frames, peer, receiver).await;
                 return;
             }
             Ok(Ok(_)) => {}

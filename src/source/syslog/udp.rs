@@ -73,12 +73,13 @@ pub fn spawn(
 fn parse_all(rx: &mpsc::Receiver<Datagrams>, receiver: &Receiver) {
     while let Ok(batch) = rx.recv() {
         let mut start = 0;
+        let mut parsed = Vec::with_capacity(batch.ends.len());
         for &(peer, end) in &batch.ends {
             let raw = &batch.bytes[start..end];
             start = end;
-            let (m, notes) = parse::parse(raw, peer, batch.at, receiver.cfg.timezone);
-            receiver.route_now(m, notes);
+            parsed.push(parse::parse(raw, peer, batch.at, receiver.cfg.timezone));
         }
+        receiver.route_now(parsed);
     }
 }
 
