@@ -112,7 +112,13 @@ impl LocalSecond {
             self.second = Some(second);
         }
         out.extend_from_slice(self.text.as_bytes());
-        let _ = write!(out, ",{:03}", now.subsec_millis());
+        let ms = now.subsec_millis();
+        out.extend_from_slice(&[
+            b',',
+            b'0' + (ms / 100 % 10) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+        ]);
     }
 }
 
@@ -157,19 +163,36 @@ pub fn flush() {
 /// Fail2Ban's logger name for a target: `banhammer::jail::window` ->
 /// `banhammer.jail`.
 fn push_logger_name(out: &mut Vec<u8>, target: &str) {
-    let mut parts = target.split("::");
-    let first = parts.next().unwrap_or_default();
-    out.extend_from_slice(first.as_bytes());
-    if let Some(second) = parts.next() {
-        out.push(b'.');
-        out.extend_from_slice(second.as_bytes());
+    // where the first `::` starts (targets are short: a byte scan)
+    fn sep(b: &[u8]) -> Option<usize> {
+        b.windows(2).position(|w| w == b"::")
     }
+    let t = target.as_bytes();
+    let Some(end) = sep(t) else {
+        out.extend_from_slice(t);
+        return;
+    };
+    out.extend_from_slice(&t[..end]);
+    let rest = &t[end + 2..];
+    out.push(b'.');
+    out.extend_from_slice(&rest[..sep(rest).unwrap_or(rest.len())]);
 }
 
 struct LineLayer {
     sink: Sink,
     level: LogLevel,
-    pid: u32,
+    /// `[PID]: `, as every line has it.
+    pid_tag: String,
+}
+
+impl LineLayer {
+    fn new(sink: Sink, level: LogLevel, pid: u32) -> LineLayer {
+        LineLayer {
+            sink,
+            level,
+            pid_tag: format!("[{pid}]: "),
+        }
+    }
 }
 
 fn level_name(level: &Level, notice: bool) -> (&'static str, u8) {
@@ -239,7 +262,14 @@ impl<S: Subscriber> Layer<S> for LineLayer {
                     let width = w.buf.len() - logger_at;
                     w.buf
                         .resize(w.buf.len() + 24usize.saturating_sub(width), b' ');
-                    let _ = writeln!(w.buf, "[{}]: {:<7} {}", self.pid, level, msg);
+                    w.buf.extend_from_slice(self.pid_tag.as_bytes());
+                    // the level padded to 7, as `{:<7}` would
+                    w.buf.extend_from_slice(level.as_bytes());
+                    w.buf
+                        .resize(w.buf.len() + 7usize.saturating_sub(level.len()), b' ');
+                    w.buf.push(b' ');
+                    w.buf.extend_from_slice(msg.as_bytes());
+                    w.buf.push(b'\n');
                     if priority <= 5 || w.buf.len() >= FLUSH_SIZE {
                         w.flush();
                     }
@@ -300,11 +330,7 @@ pub fn init(target: &LogTarget, level: LogLevel) -> Result<(), LogError> {
         let _ = WRITER.set(w);
         Sink::Write(w)
     };
-    let layer = LineLayer {
-        sink,
-        level,
-        pid: std::process::id(),
-    };
+    let layer = LineLayer::new(sink, level, std::process::id());
     let subscriber = tracing_subscriber::registry().with(layer);
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
@@ -328,6 +354,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn logger_names_are_the_first_two_parts_of_the_target() {
+        let name = |t: &str| {
+            let mut out = Vec::new();
+            push_logger_name(&mut out, t);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(name("banhammer::jail::window"), "banhammer.jail");
+        assert_eq!(name("banhammer::jail"), "banhammer.jail");
+        assert_eq!(name("banhammer.syslog"), "banhammer.syslog");
+        assert_eq!(name("banhammer"), "banhammer");
+        assert_eq!(name("banhammer::"), "banhammer.");
+    }
+
     /// Lines in Fail2Ban's format (what `recidive` and operators read),
     /// levels filtered, a NOTICE written at once.
     #[test]
@@ -338,11 +378,7 @@ mod tests {
             buf: Vec::new(),
             clock: LocalSecond::default(),
         })));
-        let layer = LineLayer {
-            sink: Sink::Write(w),
-            level: LogLevel::Info,
-            pid: 4242,
-        };
+        let layer = LineLayer::new(Sink::Write(w), LogLevel::Info, 4242);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let jail = String::from("sshd");

@@ -217,6 +217,9 @@ pub struct Receiver {
 /// with what parsing noticed about each.
 pub type Parsed = Vec<(SyslogMessage, ParseNotes)>;
 
+/// Each taking jail's queue with the positions of the messages it takes.
+type Parts = Vec<(JailQueue, Vec<usize>)>;
+
 impl Receiver {
     pub fn allowed(&self, ip: IpAddr) -> bool {
         let ip = crate::jail::ignore::canonical(ip);
@@ -235,12 +238,12 @@ impl Receiver {
     /// Each jail's part of a batch: its queue and the positions in
     /// `parsed` of the messages its selector takes. Counts the messages
     /// no jail takes.
-    fn split(&self, parsed: Parsed) -> (Vec<Arc<SyslogMessage>>, Vec<(JailQueue, Vec<usize>)>) {
+    fn split(&self, parsed: Parsed) -> (Vec<Arc<SyslogMessage>>, Parts) {
         let routes = match self.routes.read() {
             Ok(r) => r,
             Err(p) => p.into_inner(),
         };
-        let mut parts: Vec<(JailQueue, Vec<usize>)> = routes
+        let mut parts: Parts = routes
             .iter()
             .map(|r| (r.queue.clone(), Vec::with_capacity(parsed.len())))
             .collect();
