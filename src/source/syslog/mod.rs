@@ -624,15 +624,22 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_stream_waits_for_room_and_loses_nothing() {
-        let (r, mut rx, room) = receiver(2, Selector::default());
+    /// Routes `n` messages as a connection does, in a task of its own,
+    /// which must still be waiting for room 50 ms later.
+    async fn waiting_route(r: &Arc<Receiver>, n: usize) -> tokio::task::JoinHandle<()> {
         let sender = tokio::spawn({
             let r = r.clone();
-            async move { r.route(messages("sshd", 5)).await }
+            async move { r.route(messages("sshd", n)).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!sender.is_finished(), "waits while the queue is full");
+        sender
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_room_and_loses_nothing() {
+        let (r, mut rx, room) = receiver(2, Selector::default());
+        let sender = waiting_route(&r, 5).await;
         assert_eq!(r.stats.snapshot().delivered, 0);
         let mut got = Vec::new();
         while got.len() < 5 {
@@ -654,12 +661,7 @@ mod tests {
     #[tokio::test]
     async fn a_gone_worker_ends_the_wait() {
         let (r, mut rx, room) = receiver(1, Selector::default());
-        let sender = tokio::spawn({
-            let r = r.clone();
-            async move { r.route(messages("sshd", 3)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!sender.is_finished());
+        let sender = waiting_route(&r, 3).await;
         // what feed_jail's guard does when the worker ends
         room.close();
         tokio::time::timeout(Duration::from_secs(5), sender)
