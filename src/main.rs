@@ -134,6 +134,11 @@ enum Command {
         /// Accepted for fail2ban-regex compatibility: host names are never resolved.
         #[arg(long)]
         raw: bool,
+        /// 1: read and match on one thread; 2: read and date the lines on
+        /// one thread, match them on another (default: 2 where the process
+        /// may run on two CPUs or more).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        threads: Option<u8>,
         /// A log file, `-` for standard input, or a log line.
         log: String,
         /// A filter name (with [options]), a filter file, or a regex with <HOST>.
@@ -302,6 +307,7 @@ fn run() -> anyhow::Result<()> {
             maxlines,
             now,
             raw: _,
+            threads,
             log,
             filter,
             ignoreregex,
@@ -319,6 +325,7 @@ fn run() -> anyhow::Result<()> {
                 datepattern,
                 maxlines,
                 now,
+                threads,
             })
             .context("regex")?;
         }

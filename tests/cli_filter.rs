@@ -323,3 +323,91 @@ fn regex_counts_multi_line_matches_and_unterminated_lines_like_fail2ban_regex() 
         stderr(&o)
     );
 }
+
+/// `regex` output without its timing line.
+fn report(o: &Output) -> String {
+    assert!(o.status.success(), "{}", stderr(o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("[processed in"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn regex_reading_ahead_on_a_second_thread_reports_what_one_thread_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples");
+    let mut logs: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&samples).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        // many batches of lines: each sample repeated
+        let text = std::fs::read(&path).unwrap();
+        let mut long = Vec::new();
+        for _ in 0..40 {
+            long.extend_from_slice(&text);
+            if !text.ends_with(b"\n") {
+                long.push(b'\n');
+            }
+        }
+        // and a last line without a newline (not read)
+        long.extend_from_slice(b"unterminated line");
+        let log = write(tmp.path(), &format!("{name}.log"), &long);
+        let filter = filters().join(format!("{name}.conf"));
+        logs.push((filter.to_str().unwrap().to_string(), log.clone()));
+        if name == "sshd" {
+            for mode in ["aggressive", "ddos"] {
+                logs.push((
+                    format!("{}[mode={mode}]", filters().join("sshd.conf").display()),
+                    log.clone(),
+                ));
+            }
+        }
+    }
+    assert!(logs.len() >= 11, "{} sample logs", logs.len());
+    let mut compared = 0;
+    for (filter, log) in &logs {
+        for check in [None, Some("--no-check-all")] {
+            let outputs: Vec<(String, String)> = ["1", "2"]
+                .iter()
+                .map(|threads| {
+                    let mut args = vec![
+                        "regex",
+                        "--threads",
+                        threads,
+                        "--now",
+                        "1124013600",
+                        "--print-all-matched",
+                        "--print-all-missed",
+                        "--print-all-ignored",
+                    ];
+                    args.extend(check);
+                    args.extend([log.to_str().unwrap(), filter.as_str()]);
+                    let o = run(&args);
+                    (report(&o), stderr(&o))
+                })
+                .collect();
+            let (one, two) = (&outputs[0], &outputs[1]);
+            assert_eq!(one, two, "{filter} {check:?}: one thread vs two");
+            assert!(
+                one.1.contains("has no newline and was not read"),
+                "{}",
+                one.1
+            );
+            let failures: u64 = one
+                .0
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Failregex: ")?
+                        .strip_suffix(" total")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no Failregex line: {}", one.0));
+            assert!(failures >= 40, "{filter}: {failures} failures");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 2 * logs.len());
+}

@@ -41,12 +41,12 @@ pub fn read_log(path: &str) -> Result<Vec<u8>, CmdError> {
 }
 
 /// Opens a log for streaming (`-` is standard input).
-pub fn open_log(path: &str) -> Result<Box<dyn Read>, CmdError> {
+pub fn open_log(path: &str) -> Result<Box<dyn Read + Send>, CmdError> {
     if path == "-" {
         return Ok(Box::new(std::io::stdin()));
     }
     std::fs::File::open(path)
-        .map(|f| Box::new(f) as Box<dyn Read>)
+        .map(|f| Box::new(f) as Box<dyn Read + Send>)
         .map_err(|cause| CmdError::ReadLog {
             path: path.to_string(),
             cause,

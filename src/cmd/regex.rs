@@ -6,8 +6,8 @@
 use super::{for_each_line_in, open_log, CmdError};
 use crate::config::options::parse_named;
 use crate::filter::{
-    read_filter, read_filter_at, FailureDetail, Filter, FilterDefinition, FilterError,
-    FilterOptions, FilterState, TupleLine,
+    read_filter, read_filter_at, Failure, FailureDetail, Filter, FilterDefinition, FilterError,
+    FilterOptions, FilterState, LineFront, TupleLine,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,8 @@ pub struct RegexArgs {
     pub datepattern: Option<String>,
     pub maxlines: Option<usize>,
     pub now: Option<f64>,
+    /// 1 or 2 (see [`run`]); `None`: 2 where two CPUs are free.
+    pub threads: Option<u8>,
 }
 
 /// What FILTER names: a filter file, a filter in the filter dir, or a regex.
@@ -170,7 +172,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         },
     )?;
     let from_file = args.log == "-" || Path::new(&args.log).is_file();
-    let input: Box<dyn std::io::Read> = if from_file {
+    let input: Box<dyn std::io::Read + Send> = if from_file {
         let input = open_log(&args.log)?;
         header.push(format!("Use         log file : {}", args.log));
         header.push("Use         encoding : UTF-8\n".to_string());
@@ -186,90 +188,36 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     out.flush()?;
 
     let now = args.now.unwrap_or_else(super::now);
-    let mut state = FilterState::new(&filter);
-    // only the regex and `<F-NOFAIL>` of each failure are counted
-    state.set_failure_detail(FailureDetail::Lean);
-    let mut st = Stats {
-        fail_hits: vec![0; filter.failregex_sources().len()],
-        ignore_hits: vec![0; filter.ignoreregex_sources().len()],
-        ..Stats::default()
+    let two = match args.threads {
+        Some(n) => n >= 2,
+        None => std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
     };
+    let mut counter = Counter::new(args, &filter);
     let started = Instant::now();
-    let multi = filter.maxlines() > 1;
-    let mut before: Vec<Arc<TupleLine>> = Vec::new();
-    // the failures of the current line (one buffer for all lines)
-    let mut found = Vec::new();
-    // like fail2ban-regex (which reads files as a tailing daemon would), a
-    // last line without its newline is not read from a file
-    let left_out = for_each_line_in(input, &args.log, !from_file, |line| {
-        if line.is_empty() || line.starts_with('#') {
-            return;
-        }
-        if multi {
-            before.clear();
-            before.extend_from_slice(state.buffered_lines());
-        }
-        found.clear();
-        state.process_line_into(&filter, line, now, &mut found);
-        if multi {
-            // buffered lines that a multi-line match consumed count as matched
-            let full = before.len() >= filter.maxlines();
-            for b in before.iter().skip(usize::from(full)) {
-                if !state.buffered_lines().iter().any(|x| x == b) {
-                    let text = b.full();
-                    if let Some(p) = st.missed_lines.iter().position(|m| *m == text) {
-                        st.missed_lines.remove(p);
-                    }
-                    if args.print_all_matched {
-                        st.matched_lines.push(text);
-                    }
-                    st.matched += 1;
-                    st.missed -= 1;
-                }
+    let (left_out, front_state) = if two {
+        let (left_out, front) = read_ahead(input, !from_file, &filter, now, &mut counter)?;
+        (left_out, Some(front))
+    } else {
+        let left_out = for_each_line_in(input, &args.log, !from_file, |line| {
+            if !skipped(line) {
+                counter.line(line, |state, found| {
+                    state.process_line_into(&filter, line, now, found)
+                });
             }
-        }
-        let mut failures = 0;
-        let mut ignored = !state.info.ignored_by.is_empty();
-        for &i in &state.info.ignored_by {
-            st.ignore_hits[i] += 1;
-        }
-        for f in &found {
-            st.fail_hits[f.regex] += 1;
-            if f.is_nofail() {
-                ignored = true;
-            } else {
-                failures += 1;
-            }
-        }
-        if state.info.prefregex_matched {
-            st.prefregex += 1;
-        }
-        st.tested += 1;
-        let keep = |v: &mut Vec<String>, all: bool| {
-            if all || v.len() <= PRINT_MAX {
-                v.push(line.to_string());
-            }
-        };
-        if ignored {
-            st.ignored += 1;
-            keep(&mut st.ignored_lines, args.print_all_ignored);
-        } else if failures > 0 {
-            st.matched += 1;
-            if args.print_all_matched {
-                st.matched_lines.push(line.to_string());
-            }
-        } else {
-            st.missed += 1;
-            keep(&mut st.missed_lines, args.print_all_missed);
-        }
-    })?;
+        })?;
+        (left_out, None)
+    };
+    let Counter { state, st, .. } = counter;
+    // the state that dated the lines
+    let dating = front_state.as_ref().unwrap_or(&state);
+    let regex_errors = state.regex_errors() + front_state.as_ref().map_or(0, |f| f.regex_errors());
+    let elapsed = started.elapsed().as_secs_f64();
     if left_out {
         eprintln!(
             "note: the last line of {} has no newline and was not read (as fail2ban-regex does)",
             args.log
         );
     }
-    let elapsed = started.elapsed().as_secs_f64();
 
     writeln!(out, "\nResults\n=======")?;
     if let Some(p) = filter.prefregex_source() {
@@ -296,7 +244,7 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     let dates: Vec<String> = det
         .templates
         .iter()
-        .zip(state.date_hits())
+        .zip(dating.date_hits())
         .filter(|(_, h)| **h > 0)
         .map(|(t, h)| format!("[{h}] {}", t.name))
         .collect();
@@ -307,11 +255,11 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
         st.tested, st.ignored, st.matched, st.missed
     )?;
     writeln!(out, "[processed in {elapsed:.2} sec]")?;
-    if state.regex_errors > 0 {
+    if regex_errors > 0 {
         writeln!(
             out,
             "[{} lines exceeded the backtracking limit and counted as missed]",
-            state.regex_errors
+            regex_errors
         )?;
     }
     writeln!(out)?;
@@ -348,4 +296,179 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Comment and empty lines are not tested (as fail2ban-regex does).
+fn skipped(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#')
+}
+
+/// Lines per batch handed from the reading thread to the matching one.
+const BATCH: usize = 256;
+
+/// Lines read ahead, with their [`LineFront`]s.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<(String, LineFront)>,
+    used: usize,
+}
+
+/// `--threads 2`: a scoped thread reads the lines and begins their
+/// matching ([`FilterState::front_line`]: the date, the prefregex and the
+/// prefilter), in batches; this thread finishes them in order. Returns
+/// whether the last line was left out, and the reading thread's state
+/// (it counted the date templates).
+fn read_ahead(
+    input: Box<dyn std::io::Read + Send>,
+    partial_last: bool,
+    filter: &Filter,
+    now: f64,
+    counter: &mut Counter<'_>,
+) -> Result<(bool, FilterState), CmdError> {
+    use std::sync::mpsc;
+    let counter_log = counter.args.log.clone();
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(4);
+    let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut state = FilterState::new(filter);
+            state.set_failure_detail(FailureDetail::Lean);
+            let mut batch = Batch::default();
+            let read = for_each_line_in(input, &counter_log, partial_last, |line| {
+                if skipped(line) {
+                    return;
+                }
+                if batch.used == batch.lines.len() {
+                    batch.lines.push(Default::default());
+                }
+                let (text, lf) = &mut batch.lines[batch.used];
+                text.clear();
+                text.push_str(line);
+                state.front_line(filter, line, now, lf);
+                batch.used += 1;
+                if batch.used == BATCH {
+                    let next = empty_rx.try_recv().unwrap_or_default();
+                    // a closed channel: the matching thread stopped, and reports why
+                    let _ = full_tx.send(std::mem::replace(&mut batch, next));
+                    batch.used = 0;
+                }
+            });
+            if batch.used > 0 {
+                let _ = full_tx.send(batch);
+            }
+            read.map(|left_out| (left_out, state))
+        });
+        for mut batch in full_rx {
+            for (text, lf) in &mut batch.lines[..batch.used] {
+                counter.line(text, |state, found| {
+                    state.finish_line(filter, lf, now, found)
+                });
+            }
+            batch.used = 0;
+            let _ = empty_tx.send(batch);
+        }
+        reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The per-line counting of a run: the matching state and the statistics.
+struct Counter<'a> {
+    args: &'a RegexArgs,
+    filter: &'a Filter,
+    state: FilterState,
+    st: Stats,
+    /// The lines buffered before this one (multi-line filters).
+    before: Vec<Arc<TupleLine>>,
+    found: Vec<Failure>,
+}
+
+impl<'a> Counter<'a> {
+    fn new(args: &'a RegexArgs, filter: &'a Filter) -> Counter<'a> {
+        let mut state = FilterState::new(filter);
+        state.set_failure_detail(FailureDetail::Lean);
+        Counter {
+            args,
+            filter,
+            state,
+            st: Stats {
+                fail_hits: vec![0; filter.failregex_sources().len()],
+                ignore_hits: vec![0; filter.ignoreregex_sources().len()],
+                ..Stats::default()
+            },
+            before: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Matches `line` with `process` (which fills the failures) and counts it.
+    fn line(&mut self, line: &str, process: impl FnOnce(&mut FilterState, &mut Vec<Failure>)) {
+        let Counter {
+            args,
+            filter,
+            state,
+            st,
+            before,
+            found,
+        } = self;
+        let multi = filter.maxlines() > 1;
+        if multi {
+            before.clear();
+            before.extend_from_slice(state.buffered_lines());
+        }
+        found.clear();
+        process(state, found);
+        if multi {
+            // buffered lines that a multi-line match consumed count as matched
+            let full = before.len() >= filter.maxlines();
+            for b in before.iter().skip(usize::from(full)) {
+                if !state.buffered_lines().iter().any(|x| x == b) {
+                    let text = b.full();
+                    if let Some(p) = st.missed_lines.iter().position(|m| *m == text) {
+                        st.missed_lines.remove(p);
+                    }
+                    if args.print_all_matched {
+                        st.matched_lines.push(text);
+                    }
+                    st.matched += 1;
+                    st.missed -= 1;
+                }
+            }
+        }
+        let mut failures = 0;
+        let mut ignored = !state.info.ignored_by.is_empty();
+        for &i in &state.info.ignored_by {
+            st.ignore_hits[i] += 1;
+        }
+        for f in found.iter() {
+            st.fail_hits[f.regex] += 1;
+            if f.is_nofail() {
+                ignored = true;
+            } else {
+                failures += 1;
+            }
+        }
+        if state.info.prefregex_matched {
+            st.prefregex += 1;
+        }
+        st.tested += 1;
+        let keep = |v: &mut Vec<String>, all: bool| {
+            if all || v.len() <= PRINT_MAX {
+                v.push(line.to_string());
+            }
+        };
+        if ignored {
+            st.ignored += 1;
+            keep(&mut st.ignored_lines, args.print_all_ignored);
+        } else if failures > 0 {
+            st.matched += 1;
+            if args.print_all_matched {
+                st.matched_lines.push(line.to_string());
+            }
+        } else {
+            st.missed += 1;
+            keep(&mut st.missed_lines, args.print_all_missed);
+        }
+    }
 }

@@ -688,8 +688,6 @@ pub struct FilterState {
     /// Indices of the failregexes the prefilter let through.
     candidates: Vec<usize>,
     pub info: LineInfo,
-    /// Lines whose backtracking search hit its limit (counted, not fatal).
-    pub regex_errors: u64,
     /// See [`FilterState::set_failure_detail`].
     detail: FailureDetail,
 }
@@ -713,10 +711,38 @@ pub enum FailureDetail {
 }
 
 /// Buffers [`FilterState::find_failure_in`] reuses from line to line.
+#[derive(Debug, Default)]
 struct Scratch {
     buf: String,
     hay_owned: String,
     pre_groups: Groups,
+}
+
+/// What [`FilterState::front`] found: whether the failregexes are to be
+/// tried (on the candidates it left), whether the prefregex matched, and
+/// where its content is.
+#[derive(Debug, Clone, Copy)]
+struct Front {
+    go: bool,
+    prefregex_matched: bool,
+    content: Option<(usize, usize)>,
+}
+
+/// One line with the part of its matching that depends on the line alone
+/// done ([`FilterState::front_line`]: its date, the prefregex and the
+/// prefilter), for another [`FilterState`] to finish, lines in their
+/// order ([`FilterState::finish_line`]). The two halves of a line's work
+/// can so run on two threads (`banhammer regex` does), with the same
+/// outcome as [`FilterState::process_line_into`].
+#[derive(Debug, Default)]
+pub struct LineFront {
+    current: TupleLine,
+    date: Option<f64>,
+    scratch: Scratch,
+    candidates: Vec<usize>,
+    /// `None`: nothing done ahead (a multi-line filter, or ignoreregexes
+    /// tried first): the finishing state does it all.
+    front: Option<Front>,
 }
 
 /// Joins buffered lines as Fail2Ban hands them to regexes: each line
@@ -768,6 +794,15 @@ fn split_matched<'o>(
     (Cow::Owned(matched), unmatched)
 }
 
+impl Filter {
+    /// Whether ignoreregexes are tried on a line before the prefregex and
+    /// the failregexes (where they are few beside many failregexes).
+    fn ignores_first(&self) -> bool {
+        !self.ignoreregex.is_empty()
+            && (self.ignoreregex.len() as isize) < (self.failregex.len() as isize - 2)
+    }
+}
+
 impl FilterState {
     pub fn new(filter: &Filter) -> FilterState {
         FilterState {
@@ -783,7 +818,6 @@ impl FilterState {
             slots: Slots::default(),
             candidates: Vec::new(),
             info: LineInfo::default(),
-            regex_errors: 0,
             detail: FailureDetail::Full,
         }
     }
@@ -796,6 +830,11 @@ impl FilterState {
     /// Lines held for a multi-line match (`maxlines` > 1).
     pub fn buffered_lines(&self) -> &[Arc<TupleLine>] {
         &self.line_buffer
+    }
+
+    /// Searches abandoned at the backtracking limit (counted as no match).
+    pub fn regex_errors(&self) -> u64 {
+        self.slots.backtrack_limit_hits
     }
 
     /// Hits per date template, by template index (for reports).
@@ -821,6 +860,60 @@ impl FilterState {
         now: f64,
         out: &mut Vec<Failure>,
     ) {
+        let date = self.split_line(filter, line, now);
+        self.find_failure(filter, date, now, out);
+    }
+
+    /// The first half of [`process_line_into`](Self::process_line_into)
+    /// into `lf`, for [`finish_line`](Self::finish_line) to complete.
+    pub fn front_line(&mut self, filter: &Filter, line: &str, now: f64, lf: &mut LineFront) {
+        lf.date = self.split_line(filter, line, now);
+        let c = &self.current;
+        lf.current.set(&c.pre, &c.date, &c.post);
+        lf.front = None;
+        if filter.maxlines > 1 || filter.ignores_first() {
+            return;
+        }
+        let buf = &mut lf.scratch.buf;
+        buf.clear();
+        buf.push_str(&c.pre);
+        buf.push_str(&c.post);
+        buf.push('\n');
+        lf.front = Some(self.front(filter, &mut lf.scratch));
+        lf.candidates.clear();
+        lf.candidates.extend_from_slice(&self.candidates);
+    }
+
+    /// The second half of [`process_line_into`](Self::process_line_into)
+    /// for a line [`front_line`](Self::front_line) began (on a state of
+    /// the same filter that saw the same lines before).
+    pub fn finish_line(
+        &mut self,
+        filter: &Filter,
+        lf: &mut LineFront,
+        now: f64,
+        out: &mut Vec<Failure>,
+    ) {
+        match Arc::get_mut(&mut self.current) {
+            Some(c) => std::mem::swap(c, &mut lf.current),
+            None => self.current = Arc::new(std::mem::take(&mut lf.current)),
+        }
+        std::mem::swap(&mut self.candidates, &mut lf.candidates);
+        let current = Arc::clone(&self.current);
+        self.find_failure_in(
+            filter,
+            lf.date,
+            now,
+            &current,
+            &mut lf.scratch,
+            lf.front,
+            out,
+        );
+        std::mem::swap(&mut self.candidates, &mut lf.candidates);
+    }
+
+    /// Date detection for `line`: sets the current line's parts; its time.
+    fn split_line(&mut self, filter: &Filter, line: &str, now: f64) -> Option<f64> {
         let mut date: Option<f64> = None;
         match self.dates.match_time(&filter.dates, line) {
             Some(m) => {
@@ -852,7 +945,7 @@ impl FilterState {
                 date = Some(d);
             }
         }
-        self.find_failure(filter, date, now, out);
+        date
     }
 
     /// Processes one message whose time is known (journal, syslog header):
@@ -920,7 +1013,7 @@ impl FilterState {
             pre_groups: std::mem::take(&mut self.pre_groups),
         };
         let current = Arc::clone(&self.current);
-        self.find_failure_in(filter, date, now, &current, &mut scratch, out);
+        self.find_failure_in(filter, date, now, &current, &mut scratch, None, out);
         self.buf = scratch.buf;
         self.content = scratch.hay_owned;
         self.pre_groups = scratch.pre_groups;
@@ -939,57 +1032,26 @@ impl FilterState {
         }
     }
 
-    /// Fail2Ban's `findFailure`, appending to `out`.
-    fn find_failure_in(
-        &mut self,
-        filter: &Filter,
-        date: Option<f64>,
-        now: f64,
-        current: &Arc<TupleLine>,
-        scratch: &mut Scratch,
-        out: &mut Vec<Failure>,
-    ) {
+    /// The part of matching `scratch.buf` that depends on its text alone:
+    /// the prefregex (its groups into `scratch.pre_groups`, its content
+    /// into `scratch.hay_owned`) and the prefilter (into
+    /// `self.candidates`).
+    fn front(&mut self, filter: &Filter, scratch: &mut Scratch) -> Front {
         let Scratch {
             buf,
             hay_owned,
             pre_groups: pre_scratch,
         } = scratch;
-        self.info.prefregex_matched = false;
-        self.info.ignored_by.clear();
-        let check_all = filter.options.check_all;
-        let multi = filter.maxlines > 1;
-        // the lines a match is made of: in single-line mode the current
-        // line, shared (made once, only if some regex matches)
-        let mut org: Vec<Arc<TupleLine>>;
-        if multi {
-            self.line_buffer.push(Arc::clone(current));
-            let excess = self.line_buffer.len().saturating_sub(filter.maxlines);
-            self.line_buffer.drain(..excess);
-            org = self.line_buffer.clone();
-            join_lines(&org, buf);
-        } else {
-            org = Vec::new();
-            buf.clear();
-            buf.push_str(&current.pre);
-            buf.push_str(&current.post);
-            buf.push('\n');
-        }
-
-        if !filter.ignoreregex.is_empty()
-            && (filter.ignoreregex.len() as isize) < (filter.failregex.len() as isize - 2)
-            && self.ignore_line(filter, buf, None).is_some()
-        {
-            return;
-        }
-
-        let mut pre_groups: Option<&Groups> = None;
-        // where the failregexes look: the buffer, or the prefregex content
-        let mut content: Option<(usize, usize)> = None;
+        let mut front = Front {
+            go: false,
+            prefregex_matched: false,
+            content: None,
+        };
         if let Some(pref) = &filter.prefregex {
             if !pref.pattern.search(buf, &mut self.slots) {
-                return;
+                return front;
             }
-            self.info.prefregex_matched = true;
+            front.prefregex_matched = true;
             // the groups without `content` (its text is taken from the slots)
             let removed: Option<Value>;
             let c: Option<&str> = match pref.content {
@@ -1005,9 +1067,9 @@ impl FilterState {
             };
             if let Some(c) = c.filter(|c| !c.is_empty()) {
                 if let Some(idx) = pref.pattern.group_index("content") {
-                    content = self.slots.get(idx);
+                    front.content = self.slots.get(idx);
                 }
-                if multi {
+                if filter.maxlines > 1 {
                     self.line_buffer = vec![Arc::new(TupleLine {
                         pre: String::new(),
                         date: String::new(),
@@ -1015,11 +1077,10 @@ impl FilterState {
                     })];
                 }
             }
-            pre_groups = Some(pre_scratch);
         }
         // the text failregexes search: `content\n` or the whole buffer
         hay_owned.clear();
-        let hay: &str = match content {
+        let hay: &str = match front.content {
             Some((s, e)) => {
                 hay_owned.push_str(&buf[s..e]);
                 hay_owned.push('\n');
@@ -1027,12 +1088,71 @@ impl FilterState {
             }
             None => buf,
         };
+        front.go = match &filter.prefilter {
+            Some(pf) => pf.candidates(hay, &mut self.candidates),
+            None => true,
+        };
+        front
+    }
 
-        if let Some(pf) = &filter.prefilter {
-            if !pf.candidates(hay, &mut self.candidates) {
-                return;
+    /// Fail2Ban's `findFailure`, appending to `out`. `front` is the
+    /// line's [`Front`] if it was found already (see [`LineFront`]; the
+    /// scratch then holds its buffers).
+    #[allow(clippy::too_many_arguments)]
+    fn find_failure_in(
+        &mut self,
+        filter: &Filter,
+        date: Option<f64>,
+        now: f64,
+        current: &Arc<TupleLine>,
+        scratch: &mut Scratch,
+        front: Option<Front>,
+        out: &mut Vec<Failure>,
+    ) {
+        self.info.prefregex_matched = false;
+        self.info.ignored_by.clear();
+        let check_all = filter.options.check_all;
+        let multi = filter.maxlines > 1;
+        // the lines a match is made of: in single-line mode the current
+        // line, shared (made once, only if some regex matches)
+        let mut org: Vec<Arc<TupleLine>>;
+        let front = match front {
+            Some(f) => {
+                org = Vec::new();
+                f
             }
+            None => {
+                let buf = &mut scratch.buf;
+                if multi {
+                    self.line_buffer.push(Arc::clone(current));
+                    let excess = self.line_buffer.len().saturating_sub(filter.maxlines);
+                    self.line_buffer.drain(..excess);
+                    org = self.line_buffer.clone();
+                    join_lines(&org, buf);
+                } else {
+                    org = Vec::new();
+                    buf.clear();
+                    buf.push_str(&current.pre);
+                    buf.push_str(&current.post);
+                    buf.push('\n');
+                }
+                if filter.ignores_first() && self.ignore_line(filter, buf, None).is_some() {
+                    return;
+                }
+                self.front(filter, scratch)
+            }
+        };
+        self.info.prefregex_matched = front.prefregex_matched;
+        if !front.go {
+            return;
         }
+        let Scratch {
+            buf,
+            hay_owned,
+            pre_groups: pre_scratch,
+        } = scratch;
+        let mut content = front.content;
+        let pre_groups = front.prefregex_matched.then_some(&*pre_scratch);
         let mut hay_valid = true;
         // single-line mode: set once a failure consumed the line
         let mut single_cleared = false;
