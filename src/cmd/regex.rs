@@ -304,7 +304,7 @@ fn skipped(line: &str) -> bool {
 }
 
 /// Lines per batch handed from the reading thread to the matching one.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Lines read ahead, with their [`LineFront`]s.
 #[derive(Default)]
