@@ -411,3 +411,34 @@ fn regex_reading_ahead_on_a_second_thread_reports_what_one_thread_does() {
     }
     assert_eq!(compared, 2 * logs.len());
 }
+
+#[test]
+fn regex_reports_lines_that_exceeded_the_backtracking_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a look-behind that can never hold after a run of nested stars: the
+    // backtracking engine gives up on the long line, and fails the short
+    // one in time
+    let log = write(
+        tmp.path(),
+        "bt.log",
+        format!("{} 192.0.2.1\nb 192.0.2.2\n", "a".repeat(40)).as_bytes(),
+    );
+    for threads in ["1", "2"] {
+        let o = run(&[
+            "regex",
+            "--threads",
+            threads,
+            log.to_str().unwrap(),
+            r"^(a*)*(?<=b)\1 <HOST>$",
+        ]);
+        let out = report(&o);
+        assert!(
+            out.contains("[1 lines exceeded the backtracking limit and counted as missed]"),
+            "--threads {threads}: {out}"
+        );
+        assert!(
+            out.contains("Lines: 2 lines, 0 ignored, 0 matched, 2 missed"),
+            "--threads {threads}: {out}"
+        );
+    }
+}
