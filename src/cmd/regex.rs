@@ -194,6 +194,8 @@ pub fn run(args: &RegexArgs) -> Result<(), CmdError> {
     };
     let mut counter = Counter::new(args, &filter);
     let started = Instant::now();
+    // like fail2ban-regex (which reads files as a tailing daemon would), a
+    // last line without its newline is not read from a file
     let (left_out, front_state) = if two {
         let (left_out, front) = read_ahead(input, !from_file, &filter, now, &mut counter)?;
         (left_out, Some(front))
@@ -326,15 +328,14 @@ fn read_ahead(
     counter: &mut Counter<'_>,
 ) -> Result<(bool, FilterState), CmdError> {
     use std::sync::mpsc;
-    let counter_log = counter.args.log.clone();
+    let log = &counter.args.log;
     let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(4);
     let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut state = FilterState::new(filter);
-            state.set_failure_detail(FailureDetail::Lean);
             let mut batch = Batch::default();
-            let read = for_each_line_in(input, &counter_log, partial_last, |line| {
+            let read = for_each_line_in(input, log, partial_last, |line| {
                 if skipped(line) {
                     return;
                 }
@@ -381,12 +382,14 @@ struct Counter<'a> {
     st: Stats,
     /// The lines buffered before this one (multi-line filters).
     before: Vec<Arc<TupleLine>>,
+    /// The failures of the current line (one buffer for all lines).
     found: Vec<Failure>,
 }
 
 impl<'a> Counter<'a> {
     fn new(args: &'a RegexArgs, filter: &'a Filter) -> Counter<'a> {
         let mut state = FilterState::new(filter);
+        // only the regex and `<F-NOFAIL>` of each failure are counted
         state.set_failure_detail(FailureDetail::Lean);
         Counter {
             args,

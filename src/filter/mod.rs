@@ -868,12 +868,20 @@ impl FilterState {
     /// into `lf`, for [`finish_line`](Self::finish_line) to complete.
     pub fn front_line(&mut self, filter: &Filter, line: &str, now: f64, lf: &mut LineFront) {
         lf.date = self.split_line(filter, line, now);
-        let c = &self.current;
-        lf.current.set(&c.pre, &c.date, &c.post);
+        // the line's parts move to `lf` (this state's line is never shared:
+        // it makes no failures), its old buffers come back for the next line
+        match Arc::get_mut(&mut self.current) {
+            Some(c) => std::mem::swap(c, &mut lf.current),
+            None => {
+                let c = &self.current;
+                lf.current.set(&c.pre, &c.date, &c.post);
+            }
+        }
         lf.front = None;
         if filter.maxlines > 1 || filter.ignores_first() {
             return;
         }
+        let c = &lf.current;
         let buf = &mut lf.scratch.buf;
         buf.clear();
         buf.push_str(&c.pre);
