@@ -2756,6 +2756,8 @@ impl ShapeCache {
             if self.off {
                 self.young = ShapeArena::default();
                 self.old = ShapeArena::default();
+                // a hit's entry went with the arenas: the caller searches
+                return None;
             }
         }
         hit.map(|(_, found)| found)
@@ -3459,6 +3461,27 @@ mod tests {
             cache.lookup(&classes, b"line 000001 of round-independent text", 8),
             None
         );
+    }
+
+    /// The lookup that ends a window with too few hits empties the cache:
+    /// if it was a hit, it answers as a miss (its spans are gone).
+    #[test]
+    fn a_hit_that_switches_the_shape_cache_off_answers_as_a_miss() {
+        let mut classes = [0u8; 256];
+        for (i, c) in classes.iter_mut().enumerate() {
+            *c = i as u8;
+        }
+        let mut cache = ShapeCache::default();
+        for i in 0..SHAPE_WINDOW - 1 {
+            let text = format!("text {i}");
+            assert_eq!(cache.lookup(&classes, text.as_bytes(), 0), None, "{text}");
+            cache.store(true, &[Some((0, 4))], 0);
+        }
+        assert!(cache.enabled());
+        // seen before, but the window's one hit: too few, the cache goes off
+        assert_eq!(cache.lookup(&classes, b"text 0", 0), None);
+        assert!(!cache.enabled());
+        assert_eq!(cache.lookup(&classes, b"text 0", 0), None);
     }
 
     #[test]
