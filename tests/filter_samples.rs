@@ -362,3 +362,79 @@ fn fewer_details_change_no_failure() {
         "{failures} failures, {with_users} with users"
     );
 }
+
+/// Failregexes searched ahead by the state that reads
+/// ([`FilterState::search_ahead`], as `banhammer regex --threads 2` does)
+/// give the failures searching them in turn gives, for every shipped
+/// filter, with and without `check_all`, whichever failregexes are
+/// handed over; and the finishing state then does not search them.
+#[test]
+fn failregexes_searched_ahead_give_what_searching_in_turn_gives() {
+    std::env::set_var("TZ", "Europe/Zurich");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut compared = 0;
+    let mut names: Vec<String> = std::fs::read_dir(root.join("tests/samples"))
+        .expect("samples")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in &names {
+        let spec = NamedOptions {
+            name: name.clone(),
+            options: IndexMap::new(),
+        };
+        let def = read_filter(&root.join("filters"), &spec).expect("filter");
+        let text = std::fs::read_to_string(root.join("tests/samples").join(name)).expect("sample");
+        for check_all in [true, false] {
+            let options = FilterOptions {
+                check_all,
+                ..FilterOptions::default()
+            };
+            let filter = Filter::compile(def.clone(), options).expect("compiles");
+            let n = filter.failregex_sources().len();
+            let handed: [Vec<usize>; 3] = [
+                (0..n).collect(),
+                (0..n).step_by(2).collect(),
+                (1..n).step_by(2).collect(),
+            ];
+            for regexes in &handed {
+                let mut in_turn = FilterState::new(&filter);
+                let mut reading = FilterState::new(&filter);
+                reading.search_ahead(&filter, regexes);
+                let mut finishing = FilterState::new(&filter);
+                finishing.time_searches(&filter, true);
+                let mut front = banhammer::filter::LineFront::default();
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                for line in text.lines().filter(|l| !l.starts_with('#')) {
+                    want.clear();
+                    got.clear();
+                    in_turn.process_line_into(&filter, line, NOW, &mut want);
+                    reading.front_line(&filter, line, NOW, &mut front);
+                    finishing.finish_line(&filter, &mut front, NOW, &mut got);
+                    assert_eq!(
+                        format!("{want:?}"),
+                        format!("{got:?}"),
+                        "{name} check_all={check_all} ahead {regexes:?}: {line}"
+                    );
+                    compared += want.len();
+                }
+                if name == "sshd" && check_all {
+                    // single-line: every handed-over search was taken as done
+                    let times = finishing.search_times().expect("timed");
+                    for &i in regexes {
+                        assert_eq!(times[i], std::time::Duration::ZERO, "regex {i}");
+                    }
+                    let others = (0..n).filter(|i| !regexes.contains(i));
+                    assert!(
+                        regexes.len() == n
+                            || others.map(|i| times[i]).sum::<std::time::Duration>()
+                                > std::time::Duration::ZERO,
+                        "the others were searched"
+                    );
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 11, "{names:?}");
+    assert!(compared > 500, "{compared} failures compared");
+}

@@ -12,7 +12,7 @@ use crate::filter::{
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct RegexArgs {
     pub log: String,
@@ -313,11 +313,87 @@ const BATCH: usize = 1024;
 struct Batch {
     lines: Vec<(String, LineFront)>,
     used: usize,
+    /// The reading thread's time on this batch (reading included).
+    busy: Duration,
+}
+
+/// Batches finished before the threads' shares are measured (the regexes'
+/// caches fill up in the first ones), and batches measured.
+const WARM_BATCHES: usize = 4;
+const MEASURED_BATCHES: usize = 8;
+
+/// Evens out the two threads' work: after [`WARM_BATCHES`], the matching
+/// thread times its failregex searches and both threads their batches for
+/// [`MEASURED_BATCHES`]; then failregexes whose search time makes up half
+/// the difference are handed to the reading thread
+/// ([`FilterState::search_ahead`]), once. Only speed depends on it: a
+/// search gives the same result on either thread.
+#[derive(Default)]
+struct Balance {
+    batches: usize,
+    reader: Duration,
+    finisher: Duration,
+}
+
+impl Balance {
+    /// Before the matching thread's next batch.
+    fn start(&mut self, filter: &Filter, state: &mut FilterState) {
+        if self.batches == WARM_BATCHES {
+            state.time_searches(filter, true);
+        }
+    }
+
+    /// After a batch; the failregexes the reading thread is to search
+    /// from now on, once they are chosen.
+    fn end(
+        &mut self,
+        filter: &Filter,
+        state: &mut FilterState,
+        reader: Duration,
+        finisher: Duration,
+    ) -> Option<Vec<usize>> {
+        self.batches += 1;
+        if self.batches <= WARM_BATCHES {
+            return None;
+        }
+        self.reader += reader;
+        self.finisher += finisher;
+        if self.batches < WARM_BATCHES + MEASURED_BATCHES {
+            return None;
+        }
+        let times = state.search_times()?.to_vec();
+        state.time_searches(filter, false);
+        Some(share(&times, self.reader, self.finisher))
+    }
+}
+
+/// Failregexes (indices) whose search `times` come nearest to half of what
+/// the matching thread (`finisher`) spent beyond the reading one, costliest
+/// first.
+fn share(times: &[Duration], reader: Duration, finisher: Duration) -> Vec<usize> {
+    let Some(excess) = finisher.checked_sub(reader) else {
+        return Vec::new();
+    };
+    let goal = excess / 2;
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(times[i]));
+    let mut moved = Duration::ZERO;
+    let mut chosen = Vec::new();
+    for i in order {
+        let with = moved + times[i];
+        if goal.abs_diff(with) < goal.abs_diff(moved) {
+            moved = with;
+            chosen.push(i);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
 }
 
 /// `--threads 2`: a scoped thread reads the lines and begins their
 /// matching ([`FilterState::front_line`]: the date, the prefregex and the
-/// prefilter), in batches; this thread finishes them in order. Returns
+/// prefilter, and the failregexes [`Balance`] hands it), in batches; this
+/// thread finishes them in order. Returns
 /// whether the last line was left out, and the reading thread's state
 /// (it counted the date templates).
 fn read_ahead(
@@ -331,10 +407,12 @@ fn read_ahead(
     let log = &counter.args.log;
     let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(4);
     let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
+    let (share_tx, share_rx) = mpsc::channel::<Vec<usize>>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut state = FilterState::new(filter);
             let mut batch = Batch::default();
+            let mut began = Instant::now();
             let read = for_each_line_in(input, log, partial_last, |line| {
                 if skipped(line) {
                     return;
@@ -349,9 +427,14 @@ fn read_ahead(
                 batch.used += 1;
                 if batch.used == BATCH {
                     let next = empty_rx.try_recv().unwrap_or_default();
+                    batch.busy = began.elapsed();
                     // a closed channel: the matching thread stopped, and reports why
                     let _ = full_tx.send(std::mem::replace(&mut batch, next));
                     batch.used = 0;
+                    if let Ok(regexes) = share_rx.try_recv() {
+                        state.search_ahead(filter, &regexes);
+                    }
+                    began = Instant::now();
                 }
             });
             if batch.used > 0 {
@@ -359,11 +442,18 @@ fn read_ahead(
             }
             read.map(|left_out| (left_out, state))
         });
+        let mut balance = Balance::default();
         for mut batch in full_rx {
+            let began = Instant::now();
+            balance.start(filter, &mut counter.state);
             for (text, lf) in &mut batch.lines[..batch.used] {
                 counter.line(text, |state, found| {
                     state.finish_line(filter, lf, now, found)
                 });
+            }
+            let busy = began.elapsed();
+            if let Some(regexes) = balance.end(filter, &mut counter.state, batch.busy, busy) {
+                let _ = share_tx.send(regexes);
             }
             batch.used = 0;
             let _ = empty_tx.send(batch);

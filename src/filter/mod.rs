@@ -21,6 +21,7 @@ pub use reader::{read_filter, read_filter_at, FilterDefinition, ReadError};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 pub use tags::UseDns;
 
 #[derive(Debug, thiserror::Error)]
@@ -690,6 +691,12 @@ pub struct FilterState {
     pub info: LineInfo,
     /// See [`FilterState::set_failure_detail`].
     detail: FailureDetail,
+    /// The failregexes [`front_line`](FilterState::front_line) searches,
+    /// by index (empty: none; see [`FilterState::search_ahead`]).
+    ahead: Vec<bool>,
+    /// Time spent searching each failregex, while timed (see
+    /// [`FilterState::time_searches`]).
+    search_times: Option<Vec<Duration>>,
 }
 
 /// What the [`Failure`]s a [`FilterState`] returns carry. Which lines
@@ -716,6 +723,19 @@ struct Scratch {
     buf: String,
     hay_owned: String,
     pre_groups: Groups,
+    /// Failregex searches done ahead on the line's haystack, in the order
+    /// of the candidates, their group spans in `ahead_spans`.
+    ahead: Vec<Searched>,
+    ahead_spans: Vec<Option<(usize, usize)>>,
+}
+
+/// One failregex searched ahead ([`FilterState::search_ahead`]): whether it
+/// matched, and where its group spans are in [`Scratch::ahead_spans`].
+#[derive(Debug, Clone, Copy)]
+struct Searched {
+    regex: usize,
+    found: bool,
+    spans: (usize, usize),
 }
 
 /// What [`FilterState::front`] found: whether the failregexes are to be
@@ -819,7 +839,33 @@ impl FilterState {
             candidates: Vec::new(),
             info: LineInfo::default(),
             detail: FailureDetail::Full,
+            ahead: Vec::new(),
+            search_times: None,
         }
+    }
+
+    /// Makes [`front_line`](Self::front_line) also search the failregexes
+    /// `regexes` (indices), so that [`finish_line`](Self::finish_line) on
+    /// another thread takes their outcome instead of searching: a share of
+    /// the work moves to the thread that reads ahead. The outcome is the
+    /// same, whichever thread searched.
+    pub fn search_ahead(&mut self, filter: &Filter, regexes: &[usize]) {
+        self.ahead = vec![false; filter.failregex.len()];
+        for &i in regexes {
+            if let Some(a) = self.ahead.get_mut(i) {
+                *a = true;
+            }
+        }
+    }
+
+    /// Starts (or stops) timing the failregex searches this state does.
+    pub fn time_searches(&mut self, filter: &Filter, on: bool) {
+        self.search_times = on.then(|| vec![Duration::ZERO; filter.failregex.len()]);
+    }
+
+    /// Time spent searching each failregex since timing began, by index.
+    pub fn search_times(&self) -> Option<&[Duration]> {
+        self.search_times.as_deref()
     }
 
     /// How much of each failure is copied out for the caller.
@@ -878,6 +924,8 @@ impl FilterState {
             }
         }
         lf.front = None;
+        lf.scratch.ahead.clear();
+        lf.scratch.ahead_spans.clear();
         if filter.maxlines > 1 || filter.ignores_first() {
             return;
         }
@@ -887,9 +935,49 @@ impl FilterState {
         buf.push_str(&c.pre);
         buf.push_str(&c.post);
         buf.push('\n');
-        lf.front = Some(self.front(filter, &mut lf.scratch));
+        let front = self.front(filter, &mut lf.scratch);
+        lf.front = Some(front);
         lf.candidates.clear();
         lf.candidates.extend_from_slice(&self.candidates);
+        if front.go && !self.ahead.is_empty() {
+            self.search_ahead_on(filter, front, &mut lf.scratch);
+        }
+    }
+
+    /// The searches of [`search_ahead`](Self::search_ahead) on the line
+    /// [`front`](Self::front) left in `scratch`, into its `ahead`.
+    fn search_ahead_on(&mut self, filter: &Filter, front: Front, scratch: &mut Scratch) {
+        let Scratch {
+            buf,
+            hay_owned,
+            ahead,
+            ahead_spans,
+            ..
+        } = scratch;
+        let hay: &str = match front.content {
+            Some(_) => hay_owned,
+            None => buf,
+        };
+        let all = 0..filter.failregex.len();
+        let regexes: &mut dyn Iterator<Item = usize> = match &filter.prefilter {
+            Some(_) => &mut self.candidates.iter().copied(),
+            None => &mut all.into_iter(),
+        };
+        for idx in regexes {
+            if !self.ahead[idx] {
+                continue;
+            }
+            let found = filter.failregex[idx].pattern.search(hay, &mut self.slots);
+            let from = ahead_spans.len();
+            if found {
+                ahead_spans.extend_from_slice(self.slots.spans_mut());
+            }
+            ahead.push(Searched {
+                regex: idx,
+                found,
+                spans: (from, ahead_spans.len()),
+            });
+        }
     }
 
     /// The second half of [`process_line_into`](Self::process_line_into)
@@ -1019,6 +1107,7 @@ impl FilterState {
             buf: std::mem::take(&mut self.buf),
             hay_owned: std::mem::take(&mut self.content),
             pre_groups: std::mem::take(&mut self.pre_groups),
+            ..Scratch::default()
         };
         let current = Arc::clone(&self.current);
         self.find_failure_in(filter, date, now, &current, &mut scratch, None, out);
@@ -1049,6 +1138,7 @@ impl FilterState {
             buf,
             hay_owned,
             pre_groups: pre_scratch,
+            ..
         } = scratch;
         let mut front = Front {
             go: false,
@@ -1158,7 +1248,11 @@ impl FilterState {
             buf,
             hay_owned,
             pre_groups: pre_scratch,
+            ahead,
+            ahead_spans,
         } = scratch;
+        // the next of the searches done ahead (in the candidates' order)
+        let mut ahead_at = 0;
         let mut content = front.content;
         let pre_groups = front.prefregex_matched.then_some(&*pre_scratch);
         let mut hay_valid = true;
@@ -1190,7 +1284,29 @@ impl FilterState {
                 Some(_) => hay_owned,
                 None => buf,
             };
-            if !fr.pattern.search(hay, &mut self.slots) {
+            while ahead.get(ahead_at).is_some_and(|a| a.regex < idx) {
+                ahead_at += 1;
+            }
+            // what was searched ahead holds while the haystack is the line's
+            let searched = ahead
+                .get(ahead_at)
+                .filter(|a| a.regex == idx && !single_cleared);
+            let found = match (searched, &mut self.search_times) {
+                (Some(a), _) => {
+                    let spans = self.slots.spans_mut();
+                    spans.clear();
+                    spans.extend_from_slice(&ahead_spans[a.spans.0..a.spans.1]);
+                    a.found
+                }
+                (None, Some(times)) => {
+                    let t = Instant::now();
+                    let found = fr.pattern.search(hay, &mut self.slots);
+                    times[idx] += t.elapsed();
+                    found
+                }
+                (None, None) => fr.pattern.search(hay, &mut self.slots),
+            };
+            if !found {
                 continue;
             }
             let (ms, me) = self.slots.get(0).unwrap_or((0, 0));
