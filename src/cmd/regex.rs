@@ -306,7 +306,7 @@ fn skipped(line: &str) -> bool {
 }
 
 /// Lines per batch handed from the reading thread to the matching one.
-const BATCH: usize = 1024;
+const BATCH: usize = 256;
 
 /// Lines read ahead, with their [`LineFront`]s.
 #[derive(Default)]
@@ -319,8 +319,8 @@ struct Batch {
 
 /// Batches finished before the threads' shares are measured (the regexes'
 /// caches fill up in the first ones), and batches measured.
-const WARM_BATCHES: usize = 4;
-const MEASURED_BATCHES: usize = 8;
+const WARM_BATCHES: usize = 16;
+const MEASURED_BATCHES: usize = 32;
 
 /// Evens out the two threads' work: after [`WARM_BATCHES`], the matching
 /// thread times its failregex searches and both threads their batches for
@@ -367,9 +367,8 @@ impl Balance {
     }
 }
 
-/// Failregexes (indices) whose search `times` come nearest to half of what
-/// the matching thread (`finisher`) spent beyond the reading one, costliest
-/// first.
+/// Failregexes (indices) whose search `times` add up nearest to half of
+/// what the matching thread (`finisher`) spent beyond the reading one.
 fn share(times: &[Duration], reader: Duration, finisher: Duration) -> Vec<usize> {
     let Some(excess) = finisher.checked_sub(reader) else {
         return Vec::new();
@@ -377,14 +376,21 @@ fn share(times: &[Duration], reader: Duration, finisher: Duration) -> Vec<usize>
     let goal = excess / 2;
     let mut order: Vec<usize> = (0..times.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(times[i]));
+    // what fits below the goal, then the one search past it that comes nearer
     let mut moved = Duration::ZERO;
     let mut chosen = Vec::new();
-    for i in order {
-        let with = moved + times[i];
-        if goal.abs_diff(with) < goal.abs_diff(moved) {
-            moved = with;
+    for &i in &order {
+        if moved + times[i] <= goal {
+            moved += times[i];
             chosen.push(i);
         }
+    }
+    let nearest = order
+        .iter()
+        .filter(|i| !chosen.contains(i))
+        .min_by_key(|&&i| goal.abs_diff(moved + times[i]));
+    if let Some(&i) = nearest.filter(|&&i| goal.abs_diff(moved + times[i]) < goal - moved) {
+        chosen.push(i);
     }
     chosen.sort_unstable();
     chosen
@@ -563,5 +569,36 @@ impl<'a> Counter<'a> {
             st.missed += 1;
             keep(&mut st.missed_lines, args.print_all_missed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn the_share_handed_over_comes_nearest_to_half_the_excess() {
+        let times = [ms(10), ms(40), ms(5), ms(25)];
+        // 60 ms more on the matching thread: 30 ms to move
+        assert_eq!(share(&times, ms(100), ms(160)), [2, 3]);
+        // 80 to move: all four add up to it
+        assert_eq!(share(&times, ms(0), ms(160)), [0, 1, 2, 3]);
+        // 36 to move: 25 + 10 fit, 5 more would be further off
+        assert_eq!(share(&times, ms(0), ms(72)), [0, 3]);
+        // 32 to move: 25 fits, 10 more comes nearer (35)
+        assert_eq!(share(&[ms(25), ms(10)], ms(0), ms(64)), [0, 1]);
+        // 32 to move: 25 + 5 fit; 10 more would be further off
+        assert_eq!(share(&[ms(25), ms(10), ms(5)], ms(0), ms(64)), [0, 2]);
+        // the reading thread is the busier one, or neither: nothing moves
+        assert!(share(&times, ms(200), ms(160)).is_empty());
+        assert!(share(&times, ms(160), ms(160)).is_empty());
+        // less to move than the cheapest search's half: nothing
+        assert!(share(&times, ms(100), ms(104)).is_empty());
+        // more to move than there is: everything
+        assert_eq!(share(&times, ms(0), ms(1000)), [0, 1, 2, 3]);
     }
 }
