@@ -368,13 +368,14 @@ impl Balance {
 }
 
 /// Failregexes (indices) whose search `times` add up nearest to half of
-/// what the matching thread (`finisher`) spent beyond the reading one.
+/// what the matching thread (`finisher`) spent beyond the reading one. A
+/// failregex never searched while timed stays: its cost is not known.
 fn share(times: &[Duration], reader: Duration, finisher: Duration) -> Vec<usize> {
     let Some(excess) = finisher.checked_sub(reader) else {
         return Vec::new();
     };
     let goal = excess / 2;
-    let mut order: Vec<usize> = (0..times.len()).collect();
+    let mut order: Vec<usize> = (0..times.len()).filter(|&i| !times[i].is_zero()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(times[i]));
     // what fits below the goal, then the one search past it that comes nearer
     let mut moved = Duration::ZERO;
@@ -596,8 +597,10 @@ mod tests {
         // the reading thread is the busier one, or neither: nothing moves
         assert!(share(&times, ms(200), ms(160)).is_empty());
         assert!(share(&times, ms(160), ms(160)).is_empty());
-        // less to move than the cheapest search's half: nothing
+        // 2 to move: nothing is nearer to it than the cheapest search (5)
         assert!(share(&times, ms(100), ms(104)).is_empty());
+        // a failregex never searched while timed is not handed over
+        assert_eq!(share(&[ms(0), ms(30), ms(0)], ms(0), ms(60)), [1]);
         // more to move than there is: everything
         assert_eq!(share(&times, ms(0), ms(1000)), [0, 1, 2, 3]);
     }
