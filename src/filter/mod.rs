@@ -944,6 +944,15 @@ impl FilterState {
         }
     }
 
+    /// The `n`th failregex to try on the line: of the candidates the
+    /// prefilter left, in order, or of every failregex.
+    fn candidate(&self, filter: &Filter, n: usize) -> Option<usize> {
+        match &filter.prefilter {
+            Some(_) => self.candidates.get(n).copied(),
+            None => (n < filter.failregex.len()).then_some(n),
+        }
+    }
+
     /// The searches of [`search_ahead`](Self::search_ahead) on the line
     /// [`front`](Self::front) left in `scratch`, into its `ahead`.
     fn search_ahead_on(&mut self, filter: &Filter, front: Front, scratch: &mut Scratch) {
@@ -958,12 +967,9 @@ impl FilterState {
             Some(_) => hay_owned,
             None => buf,
         };
-        let all = 0..filter.failregex.len();
-        let regexes: &mut dyn Iterator<Item = usize> = match &filter.prefilter {
-            Some(_) => &mut self.candidates.iter().copied(),
-            None => &mut all.into_iter(),
-        };
-        for idx in regexes {
+        let mut next = 0;
+        while let Some(idx) = self.candidate(filter, next) {
+            next += 1;
             if !self.ahead[idx] {
                 continue;
             }
@@ -1260,12 +1266,7 @@ impl FilterState {
         let mut single_cleared = false;
         // the candidates in order, or every failregex
         let mut next = 0;
-        loop {
-            let idx = match &filter.prefilter {
-                Some(_) => self.candidates.get(next).copied(),
-                None => (next < filter.failregex.len()).then_some(next),
-            };
-            let Some(idx) = idx else { break };
+        while let Some(idx) = self.candidate(filter, next) {
             next += 1;
             let fr = &filter.failregex[idx];
             if !hay_valid {
